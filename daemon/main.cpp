@@ -1,0 +1,78 @@
+// tensorshmd: start-up and shutdown. Parses the configuration, takes the
+// instance lock, sweeps segments a crashed predecessor left, reserves the pool,
+// starts the copy engine (when a GPU exists) and serves until SIGINT/SIGTERM;
+// on the way out every segment it made is unlinked.
+#include <sys/resource.h>
+#include <unistd.h>
+
+#include <cstdio>
+#include <iostream>
+
+#include "asio.hpp"
+#include "config.hpp"
+#include "copy_engine.hpp"
+#include "instance_lock.hpp"
+#include "log.hpp"
+#include "pool.hpp"
+#include "registry.hpp"
+#include "segment.hpp"
+#include "server.hpp"
+#include "service_manager.hpp"
+
+using namespace tensorshm;
+using namespace tensorshm::daemon;
+
+namespace {
+
+int fail(const Error& e) {
+  log::error("tensorshmd: ", e.message);
+  return 1;
+}
+
+int serve(const Config& config) {
+  auto lock = InstanceLock::acquire(config.shm_dir + "/" + segment_prefix(config) + "lock");
+  if (!lock) return fail(lock.error());
+  auto swept = sweep_stale_segments(config.shm_dir, segment_prefix(config), segment_prefix(config) + "lock");
+  if (!swept) return fail(swept.error());
+
+  ServiceManager sm;
+  sm.status("reserving " + std::to_string(config.pool_size) + " bytes of shared memory");
+  auto pool = Pool::create(config);
+  if (!pool) return fail(pool.error());
+
+  asio::io_context io(1);
+  std::unique_ptr<CopyEngine> engine;
+  if (config.cuda != "off") engine = make_cuda_copy_engine(config, io, **pool);
+  else log::notice("CUDA disabled by configuration: serving CPU-only");
+
+  Registry registry(**pool, config);
+  Server server(io, config, **pool, registry, engine.get());
+  if (auto s = server.listen(sm.inherited_socket()); !s) return fail(s.error());
+  sm.attach(server);
+  server.start();
+  log::notice("tensorshmd ", TENSORSHM_VERSION, " ready: instance '", config.instance, "', pool ",
+              config.pool_size, " bytes, ", server.cuda_devices(), " GPU(s)");
+  sm.ready();
+  io.run();
+  engine.reset();
+  log::notice("tensorshmd stopped; all segments removed");
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  std::string help;
+  auto config = parse_config(argc, argv, &help);
+  if (!config) {
+    std::fprintf(stderr, "tensorshmd: %s\n", config.error().message.c_str());
+    return 2;
+  }
+  if (!help.empty()) {
+    std::cout << help;
+    return 0;
+  }
+  log::set_level(config->log_level);
+  log::info("configuration:\n", describe(*config));
+  return serve(*config);
+}

@@ -1,0 +1,137 @@
+// Pool segments and dedicated segments; extent allocation across them.
+#include "pool.hpp"
+
+#include <sys/statvfs.h>
+#include <unistd.h>
+
+#include <chrono>
+
+#include "log.hpp"
+#include "tensorshm/segment_layout.h"
+#include "tensorshm/sys_call.hpp"
+
+namespace tensorshm::daemon {
+
+Result<std::unique_ptr<Pool>> Pool::create(const Config& config) {
+  std::unique_ptr<Pool> pool(new Pool(config));
+  pool->page_ = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
+  const std::uint64_t total = (config.pool_size + pool->page_ - 1) / pool->page_ * pool->page_;
+  struct statvfs vfs{};
+  TSHM_TRY(posix_call("statvfs", config.shm_dir, [&] { return ::statvfs(config.shm_dir.c_str(), &vfs); }));
+  const std::uint64_t room = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
+  if (total > room)
+    return Error{Errc::pool_exhausted,
+                 "the pool needs " + std::to_string(total) + " bytes but " + config.shm_dir + " has only " +
+                     std::to_string(room) +
+                     " bytes free. Enlarge it (docker run --shm-size=..., or mount -o remount,size=... " +
+                     config.shm_dir + ") or start with a smaller --pool-size"};
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::uint64_t left = total; left > 0;) {
+    const std::uint64_t size = std::min(left, config.segment_size);
+    auto seg = pool->add_segment(size, /*dedicated=*/false);
+    if (!seg) return std::move(seg).error();
+    left -= size;
+  }
+  const double ms = std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+  log::info("pool: ", pool->segments_.size(), " segment(s), ", total, " bytes reserved and pre-touched in ", ms,
+            " ms");
+  return pool;
+}
+
+Pool::~Pool() {
+  for (auto& [id, s] : segments_)
+    if (on_segment_removed) on_segment_removed(*s);
+}
+
+Result<Segment*> Pool::add_segment(std::uint64_t size, bool dedicated) {
+  const std::uint32_t id = next_id_++;
+  Segment::Params p;
+  p.name = segment_prefix(config_) + (dedicated ? "d" : "p") + std::to_string(id);
+  p.id = id;
+  p.size = size;
+  p.dedicated = dedicated;
+  p.instance = config_.instance;
+  p.pretouch_threads = config_.pretouch_threads;
+  auto seg = Segment::create(p);
+  if (!seg) return std::move(seg).error();
+  Segment* raw = seg->get();
+  segments_.emplace(id, std::move(*seg));
+  if (on_segment_added) on_segment_added(*raw);
+  if (!dedicated) allocators_.emplace(id, ExtentAllocator(TSHM_HEADER_BYTES, size - TSHM_HEADER_BYTES, page_));
+  else dedicated_bytes_ += size;
+  return raw;
+}
+
+std::uint64_t Pool::pool_extent_limit() const noexcept {
+  std::uint64_t m = 0;
+  for (const auto& [id, a] : allocators_) m = std::max(m, a.capacity());
+  return m;
+}
+
+Result<Extent> Pool::allocate(std::uint64_t bytes) {
+  bytes = (bytes + page_ - 1) / page_ * page_;
+  if (bytes <= pool_extent_limit()) {
+    // First the segment whose largest hole fits best, to keep big holes whole.
+    ExtentAllocator* best = nullptr;
+    std::uint32_t best_id = 0;
+    for (auto& [id, a] : allocators_) {
+      const auto lf = a.largest_free();
+      if (lf >= bytes && (best == nullptr || lf < best->largest_free())) {
+        best = &a;
+        best_id = id;
+      }
+    }
+    if (best != nullptr)
+      if (auto off = best->allocate(bytes)) return Extent{best_id, *off, bytes};
+    return Error{Errc::pool_exhausted, "pool exhausted: no free extent of " + std::to_string(bytes) + " bytes (" +
+                                           std::to_string(pool_used_bytes()) + " of " + std::to_string(pool_bytes()) +
+                                           " bytes in use)"};
+  }
+  if (bytes + TSHM_HEADER_BYTES > config_.max_object_size + 2 * TSHM_HEADER_BYTES)
+    return Error{Errc::invalid_argument, "object of " + std::to_string(bytes) +
+                                             " bytes exceeds --max-object-size (" +
+                                             std::to_string(config_.max_object_size) + ")"};
+  auto seg = add_segment(bytes + TSHM_HEADER_BYTES, /*dedicated=*/true);
+  if (!seg) return std::move(seg).error();
+  return Extent{(*seg)->id(), TSHM_HEADER_BYTES, bytes};
+}
+
+void Pool::free(const Extent& e) {
+  if (auto a = allocators_.find(e.segment_id); a != allocators_.end()) {
+    a->second.free(e.offset, e.size);
+    return;
+  }
+  if (auto s = segments_.find(e.segment_id); s != segments_.end()) {
+    if (on_segment_removed) on_segment_removed(*s->second);
+    dedicated_bytes_ -= s->second->size();
+    segments_.erase(s);  // unmaps and unlinks
+  }
+}
+
+Segment* Pool::segment(std::uint32_t id) const {
+  auto it = segments_.find(id);
+  return it == segments_.end() ? nullptr : it->second.get();
+}
+
+std::byte* Pool::address(const Extent& e) const { return segment(e.segment_id)->base() + e.offset; }
+
+std::vector<const Segment*> Pool::pool_segments() const {
+  std::vector<const Segment*> out;
+  for (const auto& [id, s] : segments_)
+    if (!s->dedicated()) out.push_back(s.get());
+  return out;
+}
+
+std::uint64_t Pool::pool_bytes() const noexcept {
+  std::uint64_t b = 0;
+  for (const auto& [id, a] : allocators_) b += a.capacity();
+  return b;
+}
+
+std::uint64_t Pool::pool_used_bytes() const noexcept {
+  std::uint64_t b = 0;
+  for (const auto& [id, a] : allocators_) b += a.capacity() - a.free_bytes();
+  return b;
+}
+
+}  // namespace tensorshm::daemon

@@ -1,0 +1,191 @@
+// Accepting connections, stopping on signals, periodic housekeeping.
+#include "server.hpp"
+
+#include <grp.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+#include <filesystem>
+
+#include "copy_engine.hpp"
+#include "log.hpp"
+#include "session.hpp"
+#include "tensorshm/sys_call.hpp"
+
+namespace tensorshm::daemon {
+
+Server::Server(asio::io_context& io, const Config& config, Pool& pool, Registry& registry, CopyEngine* engine)
+    : io_(io),
+      config_(config),
+      pool_(pool),
+      registry_(registry),
+      engine_(engine),
+      signals_(io, SIGINT, SIGTERM),
+      housekeeping_timer_(io) {
+  registry_.on_published = [this](const std::string& name) { waiters_.notify_name(name); };
+  registry_.on_space_freed = [this] { waiters_.notify_space(); };
+}
+
+Server::~Server() {
+  registry_.on_published = nullptr;
+  registry_.on_space_freed = nullptr;
+  if (bound_here_) ::unlink(config_.socket_path.c_str());
+}
+
+int Server::cuda_devices() const noexcept { return engine_ ? engine_->device_count() : 0; }
+
+double Server::uptime_s() const {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();
+}
+
+namespace {
+
+// True when something accepts connections at path (another daemon).
+bool someone_listens(const std::string& path) {
+  int fd = ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+  if (fd < 0) return false;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  std::strncpy(addr.sun_path, path.c_str(), sizeof addr.sun_path - 1);
+  bool ok = ::connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof addr) == 0;
+  ::close(fd);
+  return ok;
+}
+
+// Parameters are copied into the coroutine frame: the frame owns the session.
+awaitable<void> run_session(std::shared_ptr<Session> session) { co_await session->run(); }
+
+}  // namespace
+
+Status Server::listen(int inherited_fd) {
+  using stream = asio::local::stream_protocol;
+  if (inherited_fd >= 0) {
+    acceptor_.emplace(io_);
+    error_code ec;
+    acceptor_->assign(stream(), inherited_fd, ec);
+    if (ec) return Error{Errc::system_error, "adopting the inherited socket: " + ec.message()};
+    log::info("listening on the socket passed by the service manager");
+    return ok_status();
+  }
+  const std::string& path = config_.socket_path;
+  if (path.size() >= sizeof(sockaddr_un{}.sun_path))
+    return Error{Errc::invalid_argument, "socket path '" + path + "' is too long"};
+  std::filesystem::path dir = std::filesystem::path(path).parent_path();
+  if (!dir.empty()) {
+    std::error_code fec;
+    if (std::filesystem::create_directories(dir, fec)) {
+      // A directory we made for our socket: private unless the socket is shared.
+      ::chmod(dir.c_str(), (config_.socket_mode & 0070) ? 0755 : 0700);
+    }
+    if (fec) return Error{Errc::system_error, "mkdir('" + dir.string() + "'): " + fec.message()};
+  }
+  struct stat st{};
+  if (::lstat(path.c_str(), &st) == 0) {
+    if (!S_ISSOCK(st.st_mode))
+      return Error{Errc::invalid_argument, "'" + path + "' exists and is not a socket; refusing to replace it"};
+    if (someone_listens(path))
+      return Error{Errc::system_error, "another tensorshmd already listens on '" + path +
+                                           "'; stop it first or choose another --socket"};
+    TSHM_TRY(posix_call("unlink", path, [&] { return ::unlink(path.c_str()); }));
+    log::notice("removed stale socket ", path);
+  }
+  acceptor_.emplace(io_);
+  error_code ec;
+  acceptor_->open(stream(), ec);
+  if (!ec) acceptor_->bind(stream::endpoint(path), ec);
+  if (ec) return Error{Errc::system_error, "bind('" + path + "'): " + ec.message()};
+  bound_here_ = true;
+  TSHM_TRY(posix_call("chmod", path, [&] { return ::chmod(path.c_str(), config_.socket_mode); }));
+  if (!config_.socket_group.empty()) {
+    group* g = ::getgrnam(config_.socket_group.c_str());
+    if (g == nullptr) return Error{Errc::invalid_argument, "socket-group: no group '" + config_.socket_group + "'"};
+    TSHM_TRY(posix_call("chown", path, [&] { return ::chown(path.c_str(), static_cast<uid_t>(-1), g->gr_gid); }));
+  }
+  acceptor_->listen(1024, ec);
+  if (ec) return Error{Errc::system_error, "listen('" + path + "'): " + ec.message()};
+  log::info("listening on ", path);
+  return ok_status();
+}
+
+void Server::start() {
+  signals_.async_wait([this](error_code ec, int sig) {
+    if (ec) return;
+    log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
+    stop();
+  });
+  asio::co_spawn(io_, accept_loop(), asio::detached);
+  arm_housekeeping();
+}
+
+void Server::arm_housekeeping() {
+  housekeeping_timer_.expires_after(std::chrono::milliseconds(config_.housekeeping_ms));
+  housekeeping_timer_.async_wait([this](error_code ec) {
+    if (ec || stopping_) return;
+    for (auto& fn : housekeeping_) fn();
+    arm_housekeeping();
+  });
+}
+
+void Server::stop() {
+  if (stopping_) return;
+  stopping_ = true;
+  for (auto& fn : on_stop_) fn();
+  error_code ec;
+  if (acceptor_) acceptor_->close(ec);
+  signals_.cancel(ec);
+  housekeeping_timer_.cancel();
+  for (auto& [id, weak] : sessions_)
+    if (auto s = weak.lock()) s->close();
+}
+
+void Server::forget(std::uint64_t session_id, std::uint32_t uid) {
+  sessions_.erase(session_id);
+  if (auto it = per_uid_.find(uid); it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
+}
+
+awaitable<void> Server::accept_loop() {
+  for (;;) {
+    error_code ec;
+    unix_socket sock = co_await acceptor_->async_accept(nothrow(ec));
+    if (ec) {
+      if (stopping_ || ec == asio::error::operation_aborted) co_return;
+      log::warning("accept: ", ec.message());
+      if (ec == asio::error::no_descriptors || ec.value() == EMFILE || ec.value() == ENFILE) {
+        // Out of descriptors: back off instead of spinning.
+        asio::steady_timer t(io_, std::chrono::milliseconds(100));
+        co_await t.async_wait(nothrow(ec));
+      }
+      continue;
+    }
+    auto cred = io::peer_credentials(sock.native_handle());
+    if (!cred) {
+      log::warning("dropping a connection: ", cred.error().message);
+      continue;
+    }
+    ++counters_.connections_total;
+    bool refuse = false;
+    Error why;
+    if (sessions_.size() >= config_.max_connections) {
+      refuse = true;
+      why = Error{Errc::limit_exceeded, "tensorshmd serves " + std::to_string(sessions_.size()) +
+                                            " connections, its limit (--max-connections); try again later"};
+    } else if (per_uid_[cred->uid] >= config_.max_connections_per_uid) {
+      refuse = true;
+      why = Error{Errc::limit_exceeded, "uid " + std::to_string(cred->uid) + " has " +
+                                            std::to_string(per_uid_[cred->uid]) +
+                                            " connections, its limit (--max-connections-per-uid)"};
+    }
+    if (refuse) log::warning("refusing pid ", cred->pid, " uid ", cred->uid, ": ", why.message);
+    const std::uint64_t id = next_session_++;
+    ++per_uid_[cred->uid];
+    auto session = std::make_shared<Session>(*this, std::move(sock), id, *cred, refuse, why);
+    sessions_.emplace(id, session);
+    asio::co_spawn(io_, run_session(std::move(session)), asio::detached);
+  }
+}
+
+}  // namespace tensorshm::daemon

@@ -1,0 +1,92 @@
+// The server: owns the listening socket, the sessions, the signal set and the
+// housekeeping timer, all on one io_context thread. Sessions reach the pool,
+// the registry, the waiters and the copy engine through it.
+#pragma once
+
+#include <chrono>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "asio.hpp"
+#include "config.hpp"
+#include "pool.hpp"
+#include "registry.hpp"
+#include "waiters.hpp"
+
+namespace tensorshm::daemon {
+
+class Session;
+class CopyEngine;
+
+struct Counters {
+  std::uint64_t puts = 0;
+  std::uint64_t gets = 0;
+  std::uint64_t copies = 0;
+  std::uint64_t bytes_copied = 0;
+  std::uint64_t connections_total = 0;
+  std::uint64_t protocol_errors = 0;
+};
+
+class Server {
+ public:
+  Server(asio::io_context& io, const Config& config, Pool& pool, Registry& registry, CopyEngine* engine);
+  ~Server();
+
+  /// Binds the socket at config.socket_path (refusing when another daemon
+  /// answers there, replacing a stale socket file), or adopts `inherited_fd`
+  /// (socket activation) when >= 0.
+  Status listen(int inherited_fd = -1);
+  /// Starts accepting, the signal set and the housekeeping timer.
+  void start();
+  /// Stops accepting, closes every session and lets io.run() return.
+  void stop();
+
+  /// Registered callbacks run by the housekeeping timer (watchdog, status).
+  void add_housekeeping(std::function<void()> fn) { housekeeping_.push_back(std::move(fn)); }
+  /// Called once, after stop() begins.
+  void on_stop(std::function<void()> fn) { on_stop_.push_back(std::move(fn)); }
+
+  asio::io_context& io() noexcept { return io_; }
+  const Config& config() const noexcept { return config_; }
+  Pool& pool() noexcept { return pool_; }
+  Registry& registry() noexcept { return registry_; }
+  Waiters& waiters() noexcept { return waiters_; }
+  CopyEngine* engine() noexcept { return engine_; }
+  Counters& counters() noexcept { return counters_; }
+  std::size_t clients() const noexcept { return sessions_.size(); }
+  double uptime_s() const;
+  int cuda_devices() const noexcept;
+
+  /// Sessions call this when they end.
+  void forget(std::uint64_t session_id, std::uint32_t uid);
+
+ private:
+  awaitable<void> accept_loop();
+  void arm_housekeeping();
+
+  asio::io_context& io_;
+  const Config& config_;
+  Pool& pool_;
+  Registry& registry_;
+  CopyEngine* engine_;
+  Waiters waiters_;
+  Counters counters_;
+  std::optional<unix_acceptor> acceptor_;
+  asio::signal_set signals_;
+  asio::steady_timer housekeeping_timer_;
+  std::vector<std::function<void()>> housekeeping_;
+  std::vector<std::function<void()>> on_stop_;
+  std::map<std::uint64_t, std::weak_ptr<Session>> sessions_;
+  std::map<std::uint32_t, std::uint32_t> per_uid_;
+  std::uint64_t next_session_ = 1;
+  bool stopping_ = false;
+  bool bound_here_ = false;
+  std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
+};
+
+}  // namespace tensorshm::daemon

@@ -1,0 +1,490 @@
+// One coroutine per connection: read, verify, route to a handler, reply.
+#include "session.hpp"
+
+#include <sys/socket.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cstring>
+
+#include "copy_engine.hpp"
+#include "log.hpp"
+#include "server.hpp"
+#include "tensorshm/names.hpp"
+
+namespace tensorshm::daemon {
+namespace {
+
+using Reply = Session::Reply;
+
+Reply error_reply(const Error& e) {
+  Reply r;
+  r.body.Set(protocol::make_error(e));
+  return r;
+}
+
+template <class T>
+Reply reply(T&& body) {
+  Reply r;
+  r.body.Set(std::forward<T>(body));
+  return r;
+}
+
+std::string version_string() { return TENSORSHM_VERSION; }
+
+}  // namespace
+
+std::unique_ptr<wire::ObjectDescT> describe(const Object& o) {
+  auto d = std::make_unique<wire::ObjectDescT>();
+  d->object_id = o.id;
+  d->name = o.name;
+  d->version = o.version;
+  d->dtype = std::make_unique<wire::DType>(protocol::to_wire(o.dtype));
+  d->shape = o.shape;
+  d->strides = o.strides;
+  d->nbytes = o.nbytes;
+  d->segment_id = o.extent.segment_id;
+  d->extent_offset = o.extent.offset;
+  d->data_offset = o.data_offset;
+  d->generation = o.generation;
+  d->owner_uid = o.owner_uid;
+  d->share = static_cast<wire::Share>(o.share);
+  d->sealed = o.sealed;
+  d->created_unix_ns = o.created_unix_ns;
+  d->leases = o.leases;
+  return d;
+}
+
+Session::Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred, bool refuse,
+                 Error refuse_reason)
+    : server_(server),
+      socket_(std::move(socket)),
+      caller_{id, cred.uid, cred.gid},
+      cred_(cred),
+      refuse_(refuse),
+      refuse_reason_(std::move(refuse_reason)),
+      write_timer_(server.io()) {}
+
+Session::~Session() = default;
+
+void Session::close() {
+  error_code ec;
+  socket_.close(ec);
+}
+
+awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::vector<std::byte>& payload) {
+  std::array<std::byte, protocol::kHeaderSize> hb;
+  error_code ec;
+  co_await asio::async_read(socket_, asio::buffer(hb), nothrow(ec));
+  if (ec) {
+    if (ec != asio::error::eof && ec != asio::error::operation_aborted && ec != asio::error::bad_descriptor)
+      log::debug("session ", id(), ": read: ", ec.message());
+    co_return false;
+  }
+  auto hr = protocol::decode_header(hb);
+  if (!hr) {
+    ++server_.counters().protocol_errors;
+    log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, "): ", hr.error().message,
+                 "; closing the connection");
+    co_return false;
+  }
+  h = *hr;
+  payload.resize(h.length);
+  if (h.length > 0) {
+    co_await asio::async_read(socket_, asio::buffer(payload), nothrow(ec));
+    if (ec) {
+      log::warning("session ", id(), " (pid ", cred_.pid, "): connection ended mid-frame (", ec.message(), ")");
+      co_return false;
+    }
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::send(const std::vector<std::byte>& frame, int fd) {
+  // A peer that does not read its replies is dropped after write_timeout_ms:
+  // per-connection output is bounded by one reply.
+  write_timer_.expires_after(std::chrono::milliseconds(server_.config().write_timeout_ms));
+  std::weak_ptr<Session> weak = weak_from_this();
+  write_timer_.async_wait([weak](error_code ec) {
+    if (ec) return;
+    if (auto self = weak.lock()) {
+      log::warning("session ", self->id(), " did not read its reply in time; dropping it");
+      self->close();
+    }
+  });
+  std::size_t off = 0;
+  bool ok = true;
+  while (off < frame.size()) {
+    std::span<const int> fds;
+    if (fd >= 0 && off == 0) fds = std::span<const int>(&fd, 1);
+    auto r = io::send_with_fds(socket_.native_handle(), std::span(frame).subspan(off), fds);
+    if (!r) {
+      log::debug("session ", id(), ": ", r.error().message);
+      ok = false;
+      break;
+    }
+    if (r->would_block) {
+      error_code ec;
+      co_await socket_.async_wait(unix_socket::wait_write, nothrow(ec));
+      if (ec || !socket_.is_open()) {
+        ok = false;
+        break;
+      }
+      continue;
+    }
+    off += r->sent;
+  }
+  write_timer_.cancel();
+  co_return ok;
+}
+
+awaitable<void> Session::run() {
+  log::info("client connected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " gid ", cred_.gid);
+  std::vector<std::byte> payload;
+  for (;;) {
+    protocol::FrameHeader h;
+    if (!co_await read_frame(h, payload)) break;
+    if (h.version != protocol::kVersion) {
+      log::warning("session ", id(), " (pid ", cred_.pid, ") speaks protocol version ", h.version,
+                   "; this daemon speaks ", protocol::kVersion, ". Refusing it.");
+      (void)co_await send(protocol::encode_version_mismatch(h.version, h.request_id), -1);
+      break;
+    }
+    auto msg = protocol::decode(h, payload);
+    if (!msg) {
+      ++server_.counters().protocol_errors;
+      log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, "): ", msg.error().message,
+                   "; closing the connection");
+      break;
+    }
+    Reply r;
+    if (refuse_) {
+      r = error_reply(refuse_reason_);
+    } else if (!said_hello_ && (*msg)->body.type != wire::Body::Hello) {
+      r = error_reply(Error{Errc::protocol_error, "the first message must be Hello"});
+    } else {
+      r = co_await dispatch(**msg);
+    }
+    const bool fatal = refuse_ || (r.body.type == wire::Body::ErrorReply && !said_hello_);
+    if (!co_await send(protocol::encode(r.body, h.request_id), r.fd)) break;
+    if (fatal || peer_gone_) break;
+  }
+  cleanup();
+  co_return;
+}
+
+awaitable<Reply> Session::dispatch(protocol::Message& msg) {
+  auto& b = msg.body;
+  switch (b.type) {
+    case wire::Body::Hello: co_return on_hello(*b.AsHello());
+    case wire::Body::CreateObject: co_return co_await on_create(*b.AsCreateObject());
+    case wire::Body::Seal: co_return on_seal(*b.AsSeal());
+    case wire::Body::Abort: co_return on_abort(*b.AsAbort());
+    case wire::Body::Get: co_return co_await on_get(*b.AsGet());
+    case wire::Body::Release: co_return on_release(*b.AsRelease());
+    case wire::Body::Delete: co_return on_delete(*b.AsDelete());
+    case wire::Body::List: co_return on_list(*b.AsList());
+    case wire::Body::Stat: co_return on_stat(*b.AsStat());
+    case wire::Body::Stats: co_return on_stats();
+    case wire::Body::MapSegment: co_return on_map_segment(*b.AsMapSegment());
+    case wire::Body::CudaPut: co_return co_await on_cuda_put(*b.AsCudaPut());
+    case wire::Body::CudaForget: co_return on_cuda_forget(*b.AsCudaForget());
+    default:
+      co_return error_reply(Error{Errc::protocol_error, std::string("unexpected request type ") +
+                                                            protocol::type_name(static_cast<std::uint16_t>(b.type))});
+  }
+}
+
+Reply Session::on_hello(const wire::HelloT& m) {
+  said_hello_ = true;
+  log::debug("session ", id(), " hello from '", printable_name(m.client_name), "' pid ", m.pid);
+  wire::HelloReplyT r;
+  r.protocol_version = protocol::kVersion;
+  r.daemon_version = version_string();
+  r.instance = server_.config().instance;
+  r.page_size = static_cast<std::uint32_t>(server_.pool().page_size());
+  r.max_frame = protocol::kMaxPayload;
+  r.cuda_devices = server_.cuda_devices();
+  for (const Segment* s : server_.pool().pool_segments()) {
+    auto si = std::make_unique<wire::SegmentInfoT>();
+    si->id = s->id();
+    si->name = s->name();
+    si->size = s->size();
+    si->dedicated = false;
+    r.segments.push_back(std::move(si));
+  }
+  return reply(std::move(r));
+}
+
+void Session::watch_peer(const std::shared_ptr<asio::steady_timer>& timer) {
+  // While a request waits, notice the peer hanging up (recv peeks 0 bytes).
+  std::weak_ptr<Session> weak = weak_from_this();
+  std::weak_ptr<asio::steady_timer> wt = timer;
+  socket_.async_wait(unix_socket::wait_read, [weak, wt](error_code ec) {
+    if (ec) return;
+    auto self = weak.lock();
+    if (!self) return;
+    char c;
+    ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
+    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+      self->peer_gone_ = true;
+      if (auto t = wt.lock()) t->cancel();
+    }
+  });
+}
+
+template <class Ready, class Park>
+awaitable<decltype(std::declval<Ready>()())> Session::wait_until(Ready ready, Park park, Errc retry_on,
+                                                                 std::int64_t timeout_ms) {
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(0, timeout_ms));
+  auto timer = std::make_shared<asio::steady_timer>(server_.io());
+  bool watching = false;
+  struct StopWatching {
+    unix_socket& socket;
+    bool& watching;
+    ~StopWatching() {
+      error_code ec;
+      if (watching) socket.cancel(ec);
+    }
+  } stop_watching{socket_, watching};
+  for (;;) {
+    auto r = ready();
+    if (r || r.error().code != retry_on || timeout_ms <= 0) co_return r;
+    if (peer_gone_ || std::chrono::steady_clock::now() >= deadline) {
+      if (peer_gone_) co_return r;
+      Error e = std::move(r).error();
+      e.code = Errc::timeout;
+      e.message += "; gave up after waiting " + std::to_string(timeout_ms) + " ms";
+      co_return e;
+    }
+    if (!watching) {
+      watch_peer(timer);
+      watching = true;
+    }
+    timer->expires_at(deadline);
+    auto ticket = park(timer.get());
+    error_code ec;
+    co_await timer->async_wait(nothrow(ec));
+  }
+}
+
+awaitable<Reply> Session::on_create(wire::CreateObjectT& m) {
+  CreateParams p;
+  p.name = m.name;
+  if (m.dtype) p.dtype = protocol::from_wire(*m.dtype);
+  p.shape = m.shape;
+  p.strides = m.strides;
+  p.share = static_cast<Share>(m.share);
+  auto& reg = server_.registry();
+  auto r = co_await wait_until([&] { return reg.create(caller_, p); },
+                               [&](asio::steady_timer* t) { return server_.waiters().wait_for_space(t); },
+                               Errc::pool_exhausted, m.timeout_ms);
+  if (!r) co_return error_reply(r.error());
+  open_.insert((*r)->id);
+  wire::CreateObjectReplyT out;
+  out.object = describe(**r);
+  co_return reply(std::move(out));
+}
+
+Reply Session::on_seal(const wire::SealT& m) {
+  auto r = server_.registry().seal(caller_, m.object_id);
+  if (!r) return error_reply(r.error());
+  open_.erase(m.object_id);
+  ++server_.counters().puts;
+  wire::SealReplyT out;
+  out.object = describe(**r);
+  return reply(std::move(out));
+}
+
+Reply Session::on_abort(const wire::AbortT& m) {
+  auto r = server_.registry().abort(caller_, m.object_id);
+  if (!r) return error_reply(r.error());
+  open_.erase(m.object_id);
+  return reply(wire::OkT{});
+}
+
+awaitable<Reply> Session::on_get(const wire::GetT& m) {
+  if (auto v = validate_name(m.name); !v) co_return error_reply(v.error());
+  auto& reg = server_.registry();
+  auto r = co_await wait_until([&] { return reg.find(caller_, m.name, m.newer_than); },
+                               [&](asio::steady_timer* t) { return server_.waiters().wait_for_name(m.name, t); },
+                               Errc::not_found, m.timeout_ms);
+  if (!r) co_return error_reply(r.error());
+  reg.lease(**r);
+  ++leases_[(*r)->id];
+  ++server_.counters().gets;
+  wire::GetReplyT out;
+  out.object = describe(**r);
+  co_return reply(std::move(out));
+}
+
+Reply Session::on_release(const wire::ReleaseT& m) {
+  auto it = leases_.find(m.object_id);
+  if (it == leases_.end())
+    return error_reply(Error{Errc::not_open, "release: this connection holds no lease on object " +
+                                                 std::to_string(m.object_id)});
+  if (--it->second == 0) leases_.erase(it);
+  auto r = server_.registry().unlease(m.object_id);
+  if (!r) return error_reply(r.error());
+  return reply(wire::OkT{});
+}
+
+Reply Session::on_delete(const wire::DeleteT& m) {
+  auto r = server_.registry().remove(caller_, m.name);
+  if (!r) return error_reply(r.error());
+  return reply(wire::OkT{});
+}
+
+Reply Session::on_list(const wire::ListT& m) {
+  if (m.prefix.size() > kMaxNameBytes)
+    return error_reply(Error{Errc::invalid_name, "list: prefix longer than 255 bytes"});
+  const std::uint32_t limit = m.limit == 0 ? protocol::kMaxListLimit : std::min(m.limit, protocol::kMaxListLimit);
+  wire::ListReplyT out;
+  bool truncated = false;
+  for (const Object* o : server_.registry().list(caller_, m.prefix, limit, &truncated))
+    out.objects.push_back(describe(*o));
+  out.truncated = truncated;
+  return reply(std::move(out));
+}
+
+Reply Session::on_stat(const wire::StatT& m) {
+  auto r = server_.registry().find(caller_, m.name, 0);
+  if (!r) return error_reply(r.error());
+  wire::StatReplyT out;
+  out.object = describe(**r);
+  return reply(std::move(out));
+}
+
+Reply Session::on_stats() {
+  auto& pool = server_.pool();
+  auto& reg = server_.registry();
+  const auto& c = server_.counters();
+  wire::StatsReplyT s;
+  s.pool_bytes = pool.pool_bytes();
+  s.pool_used_bytes = pool.pool_used_bytes();
+  s.dedicated_bytes = pool.dedicated_bytes();
+  s.segments = static_cast<std::uint32_t>(pool.segment_count());
+  s.objects = reg.names();
+  s.versions = reg.versions();
+  s.open_creates = reg.open_creates();
+  s.leases = reg.leases();
+  s.clients = server_.clients();
+  s.puts = c.puts;
+  s.gets = c.gets;
+  s.copies = c.copies;
+  s.bytes_copied = c.bytes_copied;
+  s.cuda_devices = server_.cuda_devices();
+  s.uptime_s = server_.uptime_s();
+  return reply(std::move(s));
+}
+
+Reply Session::on_map_segment(const wire::MapSegmentT& m) {
+  const Segment* s = server_.pool().segment(m.segment_id);
+  if (s == nullptr)
+    return error_reply(Error{Errc::not_found, "map: no segment " + std::to_string(m.segment_id)});
+  wire::MapSegmentReplyT out;
+  out.segment = std::make_unique<wire::SegmentInfoT>();
+  out.segment->id = s->id();
+  out.segment->name = s->name();
+  out.segment->size = s->size();
+  out.segment->dedicated = s->dedicated();
+  out.writable = m.writable;
+  Reply r = reply(std::move(out));
+  // Readers only ever get a read-only descriptor: they cannot map it writable.
+  r.fd = m.writable ? s->rw_fd() : s->ro_fd();
+  return r;
+}
+
+awaitable<Reply> Session::on_cuda_put(wire::CudaPutT& m) {
+  CopyEngine* engine = server_.engine();
+  if (engine == nullptr || engine->device_count() == 0)
+    co_return error_reply(Error{Errc::no_gpu, "put '" + printable_name(m.name) +
+                                                  "' from GPU memory: this daemon has no GPU (it found no CUDA "
+                                                  "driver or device at start and serves CPU-only)"});
+  if (m.mem_handle.size() != 64 || m.event_handle.size() != 64 || (!m.device_uuid.empty() && m.device_uuid.size() != 16))
+    co_return error_reply(Error{Errc::invalid_argument, "cuda put: handles must be 64 bytes, the device uuid 16"});
+  CreateParams p;
+  p.name = m.name;
+  if (m.dtype) p.dtype = protocol::from_wire(*m.dtype);
+  p.shape = m.shape;
+  p.strides = m.strides;
+  p.share = static_cast<Share>(m.share);
+  auto& reg = server_.registry();
+  auto created = co_await wait_until([&] { return reg.create(caller_, p); },
+                                     [&](asio::steady_timer* t) { return server_.waiters().wait_for_space(t); },
+                                     Errc::pool_exhausted, m.timeout_ms);
+  if (!created) co_return error_reply(created.error());
+  Object* o = *created;
+  const std::uint64_t id = o->id;
+  open_.insert(id);
+  CopyEngine::Request req;
+  req.session = caller_.session;
+  req.device = m.device;
+  std::copy(m.mem_handle.begin(), m.mem_handle.end(), req.mem_handle.begin());
+  std::copy(m.event_handle.begin(), m.event_handle.end(), req.event_handle.begin());
+  if (m.device_uuid.size() == 16) std::copy(m.device_uuid.begin(), m.device_uuid.end(), req.device_uuid.begin());
+  req.alloc_offset = m.alloc_offset;
+  req.dst = server_.pool().segment(o->extent.segment_id)->base() + o->data_offset;
+  req.nbytes = o->nbytes;
+  req.object_name = o->name;
+  // The engine answers on this thread; the coroutine sleeps on a timer that
+  // the completion cancels. The extent stays open until the copy is over,
+  // even if the producer hangs up meanwhile (the DMA is writing into it).
+  auto timer = std::make_shared<asio::steady_timer>(server_.io(), asio::steady_timer::time_point::max());
+  auto result = std::make_shared<std::optional<Status>>();
+  engine->submit(std::move(req), [timer, result](Status s) {
+    *result = std::move(s);
+    timer->cancel();
+  });
+  while (!result->has_value()) {
+    error_code ec;
+    co_await timer->async_wait(nothrow(ec));
+  }
+  const Status& st = **result;
+  if (!st) {
+    (void)reg.abort(caller_, id);
+    open_.erase(id);
+    co_return error_reply(st.error());
+  }
+  ++server_.counters().copies;
+  server_.counters().bytes_copied += o->nbytes;
+  auto sealed = reg.seal(caller_, id);
+  open_.erase(id);
+  if (!sealed) co_return error_reply(sealed.error());
+  ++server_.counters().puts;
+  wire::CudaPutReplyT out;
+  out.object = describe(**sealed);
+  co_return reply(std::move(out));
+}
+
+Reply Session::on_cuda_forget(const wire::CudaForgetT& m) {
+  if (m.mem_handle.size() != 64)
+    return error_reply(Error{Errc::invalid_argument, "cuda forget: the handle must be 64 bytes"});
+  if (CopyEngine* e = server_.engine()) {
+    std::array<std::uint8_t, 64> h{};
+    std::copy(m.mem_handle.begin(), m.mem_handle.end(), h.begin());
+    e->forget_handle(caller_.session, h);
+  }
+  return reply(wire::OkT{});
+}
+
+void Session::cleanup() {
+  auto& reg = server_.registry();
+  std::size_t leases = 0;
+  for (auto [id, count] : leases_)
+    for (std::uint32_t i = 0; i < count; ++i) {
+      (void)reg.unlease(id);
+      ++leases;
+    }
+  leases_.clear();
+  const std::size_t opened = open_.size();
+  for (auto id : open_) (void)reg.abort(caller_, id);
+  open_.clear();
+  if (CopyEngine* e = server_.engine()) e->session_closed(caller_.session);
+  log::info("client disconnected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " (released ", leases,
+            " lease(s), aborted ", opened, " open create(s))");
+  close();
+  server_.forget(id(), cred_.uid);
+}
+
+}  // namespace tensorshm::daemon

@@ -1,0 +1,234 @@
+// Client, Object and Buffer: the public C++ API over Connection.
+#include "tensorshm/client.hpp"
+
+#include <chrono>
+#include <cstring>
+
+#include "connection.hpp"
+#include "strided_copy.hpp"
+
+namespace tensorshm {
+namespace {
+
+[[noreturn]] void raise(const Error& e) { throw Exception(e); }
+
+template <class T>
+T unwrap(Result<T>&& r) {
+  if (!r) raise(r.error());
+  return std::move(r).value();
+}
+
+const ObjectInfo kNoInfo{};
+
+}  // namespace
+
+// ---- Object -----------------------------------------------------------------
+
+Object::~Object() = default;
+
+const ObjectInfo& Object::info() const noexcept { return lease_ ? lease_->info : kNoInfo; }
+
+void Object::release() {
+  lease_.reset();
+  data_ = nullptr;
+}
+
+std::shared_ptr<const void> Object::keep_alive() const noexcept { return lease_; }
+
+// ---- Buffer -----------------------------------------------------------------
+
+Buffer& Buffer::operator=(Buffer&& o) noexcept {
+  if (this != &o) {
+    abort();
+    open_ = std::move(o.open_);
+    data_ = o.data_;
+    o.data_ = nullptr;
+  }
+  return *this;
+}
+
+Buffer::~Buffer() { abort(); }
+
+const ObjectInfo& Buffer::info() const noexcept { return open_ ? open_->info : kNoInfo; }
+
+ObjectInfo Buffer::seal() {
+  if (!open_) raise(Error{Errc::not_open, "seal: this buffer was already sealed or aborted"});
+  auto& conn = *open_->conn;
+  auto lk = conn.lock();
+  if (conn.epoch() != open_->epoch)
+    raise(Error{Errc::daemon_unreachable, "seal of '" + open_->info.name +
+                                              "': the connection to tensorshmd was lost after create; the "
+                                              "object is gone, create it again"});
+  wire::SealT req;
+  req.object_id = open_->info.object_id;
+  auto reply = conn.call_locked(std::move(req));
+  lk.unlock();
+  if (!reply) {
+    // A failed seal leaves nothing open on the daemon's side (or the
+    // connection died, which aborted it): drop our side too.
+    open_.reset();
+    data_ = nullptr;
+    raise(reply.error());
+  }
+  ObjectInfo info = detail::to_info(*(*reply)->body.AsSealReply()->object);
+  open_.reset();
+  data_ = nullptr;
+  return info;
+}
+
+void Buffer::abort() noexcept {
+  if (!open_) return;
+  open_->conn->abort(open_->info.object_id, open_->epoch);
+  open_.reset();
+  data_ = nullptr;
+}
+
+// ---- Client -----------------------------------------------------------------
+
+Client::Client(std::shared_ptr<detail::Connection> conn) : conn_(std::move(conn)) {}
+Client::Client(Client&&) noexcept = default;
+Client& Client::operator=(Client&&) noexcept = default;
+Client::~Client() = default;
+
+Client Client::connect() { return connect(Options{}); }
+
+Client Client::connect(Options options) { return Client(unwrap(detail::Connection::open(std::move(options)))); }
+
+const DaemonInfo& Client::daemon_info() const { return conn_->info(); }
+
+Buffer Client::create(std::string_view name, DType dtype, std::span<const std::int64_t> shape,
+                      const CreateOptions& options) {
+  wire::CreateObjectT req;
+  req.name = std::string(name);
+  req.dtype = std::make_unique<wire::DType>(protocol::to_wire(dtype));
+  req.shape.assign(shape.begin(), shape.end());
+  req.strides = options.strides;
+  req.timeout_ms = options.timeout.count();
+  req.share = static_cast<wire::Share>(options.share);
+  auto open = std::make_unique<detail::OpenCreate>();
+  open->conn = conn_;
+  {
+    auto lk = conn_->lock();
+    auto reply = unwrap(conn_->call_locked(std::move(req)));
+    const auto& desc = *reply->body.AsCreateObjectReply()->object;
+    open->info = detail::to_info(desc);
+    open->epoch = conn_->epoch();
+    auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/true);
+    if (!map) {
+      lk.unlock();
+      conn_->abort(open->info.object_id, open->epoch);
+      raise(map.error());
+    }
+    open->map = std::move(*map);
+    if (desc.data_offset + desc.nbytes > open->map->size) {
+      lk.unlock();
+      conn_->abort(open->info.object_id, open->epoch);
+      raise(Error{Errc::protocol_error, "create reply points outside its segment"});
+    }
+    Buffer b;
+    b.data_ = static_cast<std::byte*>(open->map->addr) + desc.data_offset;
+    b.open_ = std::move(open);
+    return b;
+  }
+}
+
+ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateOptions& options) {
+  auto itemsize = static_cast<std::int64_t>(dtype_itemsize(src.dtype));
+  CreateOptions opts = options;
+  const bool src_c = src.strides.empty() || detail::is_c_contiguous(src.shape, src.strides);
+  const bool src_f = !src_c && detail::is_f_contiguous(src.shape, src.strides);
+  if (opts.strides.empty() && src_f) opts.strides = src.strides;
+  Buffer b = create(name, src.dtype, src.shape, opts);
+  const auto& dst_strides = b.info().strides;
+  if ((src_c || src_f) && (src.strides.empty() ? detail::is_c_contiguous(src.shape, dst_strides)
+                                                 : src.strides == dst_strides)) {
+    if (b.nbytes() > 0) std::memcpy(b.data(), src.data, b.nbytes());
+  } else {
+    std::vector<std::int64_t> from = src.strides.empty() ? protocol::c_strides(src.shape) : src.strides;
+    detail::strided_copy(b.data(), dst_strides, src.data, from, src.shape, itemsize);
+  }
+  return b.seal();
+}
+
+Object Client::get(std::string_view name, const GetOptions& options) {
+  wire::GetT req;
+  req.name = std::string(name);
+  req.newer_than = options.newer_than;
+  req.timeout_ms = options.timeout.count();
+  auto lease = std::make_shared<detail::Lease>();
+  auto lk = conn_->lock();
+  auto reply = unwrap(conn_->call_locked(std::move(req)));
+  const auto& desc = *reply->body.AsGetReply()->object;
+  lease->info = detail::to_info(desc);
+  lease->epoch = conn_->epoch();
+  lease->conn = conn_;  // from here on, destroying the lease releases it
+  auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/false);
+  lk.unlock();
+  if (!map) raise(map.error());
+  if (desc.data_offset + desc.nbytes > (*map)->size)
+    raise(Error{Errc::protocol_error, "get reply points outside its segment"});
+  lease->map = std::move(*map);
+  Object o;
+  o.data_ = static_cast<const std::byte*>(lease->map->addr) + desc.data_offset;
+  o.lease_ = std::move(lease);
+  return o;
+}
+
+std::vector<ObjectInfo> Client::list(std::string_view prefix, std::uint32_t limit) {
+  wire::ListT req;
+  req.prefix = std::string(prefix);
+  req.limit = limit;
+  auto lk = conn_->lock();
+  auto reply = unwrap(conn_->call_locked(std::move(req)));
+  std::vector<ObjectInfo> out;
+  for (const auto& d : reply->body.AsListReply()->objects)
+    if (d) out.push_back(detail::to_info(*d));
+  return out;
+}
+
+ObjectInfo Client::stat(std::string_view name) {
+  wire::StatT req;
+  req.name = std::string(name);
+  auto lk = conn_->lock();
+  auto reply = unwrap(conn_->call_locked(std::move(req)));
+  return detail::to_info(*reply->body.AsStatReply()->object);
+}
+
+void Client::remove(std::string_view name) {
+  wire::DeleteT req;
+  req.name = std::string(name);
+  auto lk = conn_->lock();
+  (void)unwrap(conn_->call_locked(std::move(req)));
+}
+
+Stats Client::stats() {
+  auto lk = conn_->lock();
+  auto reply = unwrap(conn_->call_locked(wire::StatsT{}));
+  const auto& r = *reply->body.AsStatsReply();
+  Stats s;
+  s.pool_bytes = r.pool_bytes;
+  s.pool_used_bytes = r.pool_used_bytes;
+  s.dedicated_bytes = r.dedicated_bytes;
+  s.segments = r.segments;
+  s.objects = r.objects;
+  s.versions = r.versions;
+  s.open_creates = r.open_creates;
+  s.leases = r.leases;
+  s.clients = r.clients;
+  s.puts = r.puts;
+  s.gets = r.gets;
+  s.copies = r.copies;
+  s.bytes_copied = r.bytes_copied;
+  s.cuda_devices = r.cuda_devices;
+  s.uptime_s = r.uptime_s;
+  return s;
+}
+
+std::chrono::nanoseconds Client::ping() {
+  auto t0 = std::chrono::steady_clock::now();
+  auto lk = conn_->lock();
+  (void)unwrap(conn_->call_locked(wire::StatsT{}));
+  return std::chrono::steady_clock::now() - t0;
+}
+
+}  // namespace tensorshm

@@ -1,0 +1,254 @@
+#include "connection.hpp"
+
+#include <sys/mman.h>
+#include <sys/socket.h>
+#include <sys/un.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cstring>
+
+#include "tensorshm/io.hpp"
+#include "tensorshm/paths.hpp"
+#include "tensorshm/segment_layout.h"
+#include "tensorshm/sys_call.hpp"
+
+namespace tensorshm::detail {
+
+Mapping::~Mapping() {
+  if (addr != nullptr) ::munmap(addr, size);
+}
+
+ObjectInfo to_info(const wire::ObjectDescT& d) {
+  ObjectInfo i;
+  i.name = d.name;
+  i.version = d.version;
+  if (d.dtype) i.dtype = protocol::from_wire(*d.dtype);
+  i.shape = d.shape;
+  i.strides = d.strides;
+  i.nbytes = d.nbytes;
+  i.object_id = d.object_id;
+  i.owner_uid = d.owner_uid;
+  i.share = static_cast<Share>(d.share);
+  i.sealed = d.sealed;
+  i.created_unix_ns = d.created_unix_ns;
+  i.leases = d.leases;
+  i.segment_id = d.segment_id;
+  return i;
+}
+
+Result<std::shared_ptr<Connection>> Connection::open(Client::Options options) {
+  if (options.socket_path.empty()) options.socket_path = default_socket_path();
+  std::shared_ptr<Connection> c(new Connection(std::move(options)));
+  auto lk = c->lock();
+  TSHM_TRY(c->connect_locked());
+  return c;
+}
+
+Connection::~Connection() { disconnect_locked(); }
+
+void Connection::disconnect_locked() noexcept {
+  io::close_fd(fd_);
+  fd_ = -1;
+}
+
+Status Connection::connect_locked() {
+  disconnect_locked();
+  const std::string& path = options_.socket_path;
+  sockaddr_un addr{};
+  addr.sun_family = AF_UNIX;
+  if (path.size() >= sizeof addr.sun_path)
+    return Error{Errc::invalid_argument, "socket path '" + path + "' is longer than " +
+                                             std::to_string(sizeof addr.sun_path - 1) + " bytes"};
+  std::memcpy(addr.sun_path, path.c_str(), path.size() + 1);
+  auto fd = posix_call("socket", path, [] { return ::socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0); });
+  if (!fd) return std::move(fd).error();
+  fd_ = *fd;
+  auto rc = posix_call("connect", path,
+                       [&] { return ::connect(fd_, reinterpret_cast<sockaddr*>(&addr), sizeof addr); });
+  if (!rc) {
+    disconnect_locked();
+    broken_ = true;
+    return Error{Errc::daemon_unreachable,
+                 "cannot reach tensorshmd at '" + path + "' (" + rc.error().message +
+                     "). Start the daemon with `tensorshmd` (or `systemctl start tensorshmd`), or set "
+                     "TENSORSHM_SOCKET to the socket it listens on."};
+  }
+  pid_ = ::getpid();
+  broken_ = false;
+  ++epoch_;
+  pool_maps_.clear();
+  dedicated_maps_.clear();
+
+  wire::HelloT hello;
+  hello.protocol_version = protocol::kVersion;
+  hello.client_name = options_.client_name;
+  hello.pid = static_cast<std::int32_t>(pid_);
+  wire::BodyUnion u;
+  u.Set(std::move(hello));
+  const std::uint32_t id = next_request_++;
+  if (auto s = send_frame_locked(protocol::encode(u, id)); !s) return lost(s.error());
+  auto reply = recv_frame_locked(id, nullptr);
+  if (!reply) {
+    if (reply.error().code == Errc::version_mismatch) {
+      disconnect_locked();
+      broken_ = true;
+      return reply.error();
+    }
+    return lost(reply.error());
+  }
+  if (const auto* e = (*reply)->body.AsErrorReply()) {
+    disconnect_locked();
+    broken_ = true;
+    return Error{static_cast<Errc>(e->code), e->message};
+  }
+  const auto* hr = (*reply)->body.AsHelloReply();
+  if (hr == nullptr) return lost(Error{Errc::protocol_error, "daemon answered Hello with something else"});
+  info_ = DaemonInfo{};
+  info_.socket_path = path;
+  info_.daemon_version = hr->daemon_version;
+  info_.instance = hr->instance;
+  info_.protocol_version = hr->protocol_version;
+  info_.page_size = hr->page_size;
+  info_.cuda_devices = hr->cuda_devices;
+  for (const auto& s : hr->segments)
+    if (s) info_.segments.push_back(SegmentInfo{s->id, s->name, s->size, s->dedicated});
+  return ok_status();
+}
+
+Error Connection::lost(const Error& why) {
+  disconnect_locked();
+  broken_ = true;
+  if (why.code == Errc::daemon_unreachable) return why;
+  return Error{Errc::daemon_unreachable, "connection to tensorshmd at '" + options_.socket_path +
+                                             "' lost: " + why.message + "; the next call reconnects"};
+}
+
+Status Connection::ensure_connected_locked() {
+  if (fd_ >= 0 && !broken_ && pid_ == ::getpid()) return ok_status();
+  return connect_locked();
+}
+
+Status Connection::send_frame_locked(const std::vector<std::byte>& frame) {
+  std::size_t off = 0;
+  while (off < frame.size()) {
+    auto r = io::send_with_fds(fd_, std::span(frame).subspan(off), {});
+    if (!r) return std::move(r).error();
+    off += r->sent;
+  }
+  return ok_status();
+}
+
+Result<std::unique_ptr<protocol::Message>> Connection::recv_frame_locked(std::uint32_t request_id,
+                                                                          std::vector<int>* fds) {
+  if (rbuf_.size() < 65536) rbuf_.resize(65536);
+  std::size_t have = 0;
+  auto fill = [&](std::size_t want) -> Status {
+    if (rbuf_.size() < want) rbuf_.resize(want);
+    while (have < want) {
+      auto n = io::recv_with_fds(fd_, std::span(rbuf_).subspan(have), fds);
+      if (!n) return std::move(n).error();
+      if (*n == 0) return Error{Errc::daemon_unreachable, "tensorshmd closed the connection"};
+      have += *n;
+    }
+    return ok_status();
+  };
+  TSHM_TRY(fill(protocol::kHeaderSize));
+  auto h = protocol::decode_header(std::span<const std::byte, protocol::kHeaderSize>(rbuf_.data(), protocol::kHeaderSize));
+  if (!h) return std::move(h).error();
+  TSHM_TRY(fill(protocol::kHeaderSize + h->length));
+  auto payload = std::span<const std::byte>(rbuf_).subspan(protocol::kHeaderSize, h->length);
+  if (h->type == protocol::kVersionMismatchType) {
+    return Error{Errc::version_mismatch,
+                 "tensorshmd at '" + options_.socket_path + "' refused this client: " +
+                     std::string(reinterpret_cast<const char*>(payload.data()), payload.size())};
+  }
+  if (h->request_id != request_id)
+    return Error{Errc::protocol_error, "reply to request " + std::to_string(h->request_id) + " while waiting for " +
+                                           std::to_string(request_id)};
+  return protocol::decode(*h, payload);
+}
+
+Result<std::unique_ptr<protocol::Message>> Connection::call_locked(const wire::BodyUnion& body,
+                                                                   std::vector<int>* fds) {
+  TSHM_TRY(ensure_connected_locked());
+  const std::uint32_t id = next_request_++;
+  if (auto s = send_frame_locked(protocol::encode(body, id)); !s) return lost(s.error());
+  auto reply = recv_frame_locked(id, fds);
+  // Transport failures end the connection; the daemon's error replies do not.
+  if (!reply) return lost(reply.error());
+  if (const auto* e = (*reply)->body.AsErrorReply()) return Error{static_cast<Errc>(e->code), e->message};
+  return reply;
+}
+
+Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segment_id, bool writable) {
+  const auto key = std::make_pair(segment_id, writable);
+  if (auto it = pool_maps_.find(key); it != pool_maps_.end()) return it->second;
+  if (auto it = dedicated_maps_.find(key); it != dedicated_maps_.end())
+    if (auto m = it->second.lock()) return m;
+
+  wire::MapSegmentT req;
+  req.segment_id = segment_id;
+  req.writable = writable;
+  wire::BodyUnion u;
+  u.Set(std::move(req));
+  std::vector<int> fds;
+  auto reply = call_locked(u, &fds);
+  struct Closer {
+    std::vector<int>& f;
+    ~Closer() { for (int fd : f) io::close_fd(fd); }
+  } closer{fds};
+  if (!reply) return std::move(reply).error();
+  const auto* r = (*reply)->body.AsMapSegmentReply();
+  if (r == nullptr || !r->segment || fds.size() != 1)
+    return lost(Error{Errc::protocol_error, "MapSegment reply without exactly one descriptor"});
+  const auto& seg = *r->segment;
+  auto m = std::make_shared<Mapping>();
+  m->size = seg.size;
+  m->writable = writable;
+  const int prot = writable ? PROT_READ | PROT_WRITE : PROT_READ;
+  // Pool segments are mapped once and kept: populate the page tables now so
+  // that no later access faults. Dedicated segments come and go with one
+  // object: map them lazily.
+  const int flags = MAP_SHARED | (seg.dedicated ? 0 : MAP_POPULATE);
+  void* p = ::mmap(nullptr, seg.size, prot, flags, fds[0], 0);
+  if (p == MAP_FAILED) return posix_error("mmap", seg.name, errno);
+  m->addr = p;
+  const auto* hdr = static_cast<const TshmSegmentHeader*>(p);
+  if (seg.size < sizeof(TshmSegmentHeader) || hdr->magic != TSHM_SEGMENT_MAGIC)
+    return Error{Errc::protocol_error, "segment '" + seg.name + "' has no tensorshm header"};
+  if (hdr->major != TSHM_LAYOUT_MAJOR)
+    return Error{Errc::version_mismatch, "segment '" + seg.name + "' uses layout version " +
+                                             std::to_string(hdr->major) + "." + std::to_string(hdr->minor) +
+                                             "; this client reads major version " +
+                                             std::to_string(TSHM_LAYOUT_MAJOR)};
+  if (seg.dedicated)
+    dedicated_maps_[key] = m;
+  else
+    pool_maps_[key] = m;
+  return m;
+}
+
+void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept {
+  try {
+    auto lk = lock();
+    if (epoch != epoch_ || broken_ || fd_ < 0 || pid_ != ::getpid()) return;
+    wire::ReleaseT r;
+    r.object_id = object_id;
+    (void)call_locked(std::move(r));
+  } catch (...) {
+  }
+}
+
+void Connection::abort(std::uint64_t object_id, std::uint64_t epoch) noexcept {
+  try {
+    auto lk = lock();
+    if (epoch != epoch_ || broken_ || fd_ < 0 || pid_ != ::getpid()) return;
+    wire::AbortT r;
+    r.object_id = object_id;
+    (void)call_locked(std::move(r));
+  } catch (...) {
+  }
+}
+
+}  // namespace tensorshm::detail

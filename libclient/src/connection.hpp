@@ -1,0 +1,111 @@
+// The client's one connection to tensorshmd: framing over a blocking Unix
+// socket, reconnection after fork() or a lost daemon, and the per-client cache
+// of segment mappings (each pool segment is mapped once and reused; reading
+// mappings are read-only). Internal to libclient.
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <string>
+
+#include "tensorshm/client.hpp"
+#include "tensorshm/protocol.hpp"
+
+namespace tensorshm::detail {
+
+/// One mmap of a segment; unmapped when the last user lets go.
+struct Mapping {
+  void* addr = nullptr;
+  std::size_t size = 0;
+  bool writable = false;
+  Mapping() = default;
+  Mapping(const Mapping&) = delete;
+  Mapping& operator=(const Mapping&) = delete;
+  ~Mapping();
+};
+
+class Connection : public std::enable_shared_from_this<Connection> {
+ public:
+  /// Connects and says hello. Errors: daemon_unreachable, version_mismatch.
+  static Result<std::shared_ptr<Connection>> open(Client::Options options);
+  ~Connection();
+
+  /// Serialises requests: hold it across a request and the mapping it needs so
+  /// both belong to the same connection epoch.
+  std::unique_lock<std::mutex> lock() { return std::unique_lock<std::mutex>(mu_); }
+
+  /// Sends one request and returns the reply (an ErrorReply becomes the Error
+  /// it carries). Reconnects first when the process forked or the previous
+  /// connection broke. Caller holds lock().
+  Result<std::unique_ptr<protocol::Message>> call_locked(const wire::BodyUnion& body,
+                                                         std::vector<int>* fds = nullptr);
+  template <class T>
+    requires(!std::is_same_v<std::remove_cvref_t<T>, wire::BodyUnion>)
+  Result<std::unique_ptr<protocol::Message>> call_locked(T&& body) {
+    wire::BodyUnion u;
+    u.Set(std::forward<T>(body));
+    return call_locked(u);
+  }
+
+  /// The mapping of a segment, mapping it on first use (one MapSegment round
+  /// trip, the descriptor arrives by SCM_RIGHTS). Caller holds lock().
+  Result<std::shared_ptr<Mapping>> mapping_locked(std::uint32_t segment_id, bool writable);
+
+  /// Sends Release unless the lease belongs to an earlier epoch (the daemon
+  /// dropped it already when that connection ended). Never throws.
+  void release(std::uint64_t object_id, std::uint64_t epoch) noexcept;
+  /// Sends Abort likewise.
+  void abort(std::uint64_t object_id, std::uint64_t epoch) noexcept;
+
+  /// Changes whenever a new connection replaces the old one.
+  std::uint64_t epoch() const noexcept { return epoch_; }
+  const DaemonInfo& info() const noexcept { return info_; }
+
+ private:
+  explicit Connection(Client::Options options) : options_(std::move(options)) {}
+  Status connect_locked();
+  void disconnect_locked() noexcept;
+  Status ensure_connected_locked();
+  Status send_frame_locked(const std::vector<std::byte>& frame);
+  Result<std::unique_ptr<protocol::Message>> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);
+  Error lost(const Error& why);
+
+  Client::Options options_;
+  std::mutex mu_;
+  int fd_ = -1;
+  pid_t pid_ = 0;
+  bool broken_ = false;
+  std::uint64_t epoch_ = 0;
+  std::uint32_t next_request_ = 1;
+  DaemonInfo info_;
+  std::vector<std::byte> rbuf_;
+  std::map<std::pair<std::uint32_t, bool>, std::shared_ptr<Mapping>> pool_maps_;
+  std::map<std::pair<std::uint32_t, bool>, std::weak_ptr<Mapping>> dedicated_maps_;
+};
+
+/// Converts a wire descriptor to the public ObjectInfo.
+ObjectInfo to_info(const wire::ObjectDescT& d);
+
+/// What an Object holds: its connection, its mapping and its metadata.
+struct Lease {
+  std::shared_ptr<Connection> conn;
+  std::shared_ptr<Mapping> map;
+  ObjectInfo info;
+  std::uint64_t epoch = 0;
+  ~Lease() {
+    if (conn) conn->release(info.object_id, epoch);
+  }
+};
+
+struct OpenCreate {
+  std::shared_ptr<Connection> conn;
+  std::shared_ptr<Mapping> map;
+  ObjectInfo info;
+  std::uint64_t epoch = 0;
+};
+
+}  // namespace tensorshm::detail

@@ -1,0 +1,15 @@
+// Where the daemon listens by default; the daemon and every client agree on
+// this through this one function.
+#pragma once
+
+#include <string>
+
+namespace tensorshm {
+
+/// $TENSORSHM_SOCKET if set and non-empty; else
+/// $XDG_RUNTIME_DIR/tensorshm/tensorshmd.sock; else
+/// /run/tensorshm/tensorshmd.sock for root; else
+/// /tmp/tensorshm-<uid>/tensorshmd.sock.
+std::string default_socket_path();
+
+}  // namespace tensorshm

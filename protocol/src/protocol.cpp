@@ -1,0 +1,175 @@
+// Framing, verification and (un)packing of protocol messages.
+#include "tensorshm/protocol.hpp"
+
+#include <cstring>
+#include <limits>
+#include <string>
+
+#include "tensorshm/names.hpp"
+
+namespace tensorshm::protocol {
+namespace {
+
+__extension__ typedef unsigned __int128 u128;
+
+template <class T>
+void put_le(std::byte* p, T v) {
+  for (std::size_t i = 0; i < sizeof(T); ++i) p[i] = std::byte((v >> (8 * i)) & 0xff);
+}
+template <class T>
+T get_le(const std::byte* p) {
+  T v = 0;
+  for (std::size_t i = 0; i < sizeof(T); ++i) v |= T(std::to_integer<std::uint8_t>(p[i])) << (8 * i);
+  return v;
+}
+
+Error proto_error(std::string msg) { return Error{Errc::protocol_error, std::move(msg)}; }
+
+}  // namespace
+
+std::array<std::byte, kHeaderSize> encode_header(const FrameHeader& h) {
+  std::array<std::byte, kHeaderSize> b{};
+  put_le(b.data(), h.magic);
+  put_le(b.data() + 4, h.version);
+  put_le(b.data() + 6, h.type);
+  put_le(b.data() + 8, h.length);
+  put_le(b.data() + 12, h.request_id);
+  return b;
+}
+
+Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> b) {
+  FrameHeader h;
+  h.magic = get_le<std::uint32_t>(b.data());
+  h.version = get_le<std::uint16_t>(b.data() + 4);
+  h.type = get_le<std::uint16_t>(b.data() + 6);
+  h.length = get_le<std::uint32_t>(b.data() + 8);
+  h.request_id = get_le<std::uint32_t>(b.data() + 12);
+  if (h.magic != kMagic) return proto_error("bad frame magic: not a tensorshm peer");
+  if (h.length > kMaxPayload)
+    return proto_error("frame of " + std::to_string(h.length) + " bytes exceeds the limit of " +
+                       std::to_string(kMaxPayload));
+  return h;
+}
+
+std::vector<std::byte> encode(const wire::BodyUnion& body, std::uint32_t request_id) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  auto off = wire::CreateMessage(fbb, body.type, body.Pack(fbb));
+  fbb.Finish(off);
+  FrameHeader h;
+  h.type = static_cast<std::uint16_t>(body.type);
+  h.length = fbb.GetSize();
+  h.request_id = request_id;
+  std::vector<std::byte> out(kHeaderSize + fbb.GetSize());
+  auto hdr = encode_header(h);
+  std::memcpy(out.data(), hdr.data(), kHeaderSize);
+  std::memcpy(out.data() + kHeaderSize, fbb.GetBufferPointer(), fbb.GetSize());
+  return out;
+}
+
+std::vector<std::byte> encode_version_mismatch(std::uint16_t peer_version, std::uint32_t request_id) {
+  std::string text = "protocol version mismatch: peer speaks version " + std::to_string(peer_version) +
+                     ", this side speaks version " + std::to_string(kVersion) +
+                     "; upgrade the older of the client and the daemon";
+  FrameHeader h;
+  h.type = kVersionMismatchType;
+  h.length = static_cast<std::uint32_t>(text.size());
+  h.request_id = request_id;
+  std::vector<std::byte> out(kHeaderSize + text.size());
+  auto hdr = encode_header(h);
+  std::memcpy(out.data(), hdr.data(), kHeaderSize);
+  std::memcpy(out.data() + kHeaderSize, text.data(), text.size());
+  return out;
+}
+
+Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<const std::byte> payload) {
+  if (header.version != kVersion)
+    return Error{Errc::version_mismatch, "protocol version mismatch: peer speaks version " +
+                                             std::to_string(header.version) + ", this side speaks version " +
+                                             std::to_string(kVersion)};
+  if (payload.size() != header.length) return proto_error("payload length differs from the frame header");
+  if (header.type == 0 || header.type > static_cast<std::uint16_t>(wire::Body::MAX))
+    return proto_error("unknown message type " + std::to_string(header.type));
+  // FlatBuffers needs its buffer aligned for scalar reads: copy when it is not.
+  const auto* data = reinterpret_cast<const std::uint8_t*>(payload.data());
+  std::vector<std::uint64_t> aligned;
+  if (reinterpret_cast<std::uintptr_t>(data) % alignof(std::uint64_t) != 0) {
+    aligned.resize((payload.size() + 7) / 8);
+    std::memcpy(aligned.data(), payload.data(), payload.size());
+    data = reinterpret_cast<const std::uint8_t*>(aligned.data());
+  }
+  flatbuffers::Verifier verifier(data, payload.size(), /*max_depth=*/16, kMaxTables);
+  if (!wire::VerifyMessageBuffer(verifier)) return proto_error("payload failed FlatBuffers verification");
+  const auto* msg = wire::GetMessage(data);
+  if (static_cast<std::uint16_t>(msg->body_type()) != header.type)
+    return proto_error("frame type " + std::to_string(header.type) + " differs from the payload's type " +
+                       std::to_string(static_cast<unsigned>(msg->body_type())));
+  if (msg->body() == nullptr) return proto_error("message has no body");
+  return std::unique_ptr<Message>(msg->UnPack());
+}
+
+wire::ErrorReplyT make_error(const Error& e) {
+  wire::ErrorReplyT r;
+  r.code = static_cast<std::uint16_t>(e.code);
+  r.message = e.message;
+  return r;
+}
+
+const char* type_name(std::uint16_t type) noexcept {
+  if (type == kVersionMismatchType) return "VersionMismatch";
+  if (type > static_cast<std::uint16_t>(wire::Body::MAX)) return "Unknown";
+  return wire::EnumNameBody(static_cast<wire::Body>(type));
+}
+
+std::vector<std::int64_t> c_strides(std::span<const std::int64_t> shape) {
+  std::vector<std::int64_t> s(shape.size());
+  std::int64_t acc = 1;
+  for (std::size_t i = shape.size(); i-- > 0;) {
+    s[i] = acc;
+    acc *= shape[i] > 0 ? shape[i] : 1;
+  }
+  return s;
+}
+
+Result<std::uint64_t> check_layout(DType dtype, std::span<const std::int64_t> shape,
+                                   std::span<const std::int64_t> strides, std::uint64_t max_bytes) {
+  if (!dtype_supported(dtype))
+    return Error{Errc::unsupported_dtype, "unsupported dtype " + dtype_name(dtype) +
+                                              "; supported: bool, int8..int64, uint8..uint64, float16/32/64, "
+                                              "bfloat16, complex64/128, float8_*"};
+  if (shape.size() > static_cast<std::size_t>(kMaxDims))
+    return Error{Errc::invalid_argument,
+                 "shape has " + std::to_string(shape.size()) + " dimensions; the limit is 32"};
+  if (!strides.empty() && strides.size() != shape.size())
+    return Error{Errc::invalid_argument, "strides have " + std::to_string(strides.size()) +
+                                             " entries but the shape has " + std::to_string(shape.size())};
+  const std::uint64_t item = dtype_itemsize(dtype);
+  bool empty = false;
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (shape[i] < 0)
+      return Error{Errc::invalid_argument,
+                   "dimension " + std::to_string(i) + " is negative (" + std::to_string(shape[i]) + ")"};
+    if (shape[i] == 0) empty = true;
+  }
+  // Byte span: for dense (or given) strides, 1 + sum((dim-1)*|stride|) elements.
+  auto cs = c_strides(shape);
+  std::span<const std::int64_t> st = strides.empty() ? std::span<const std::int64_t>(cs) : strides;
+  if (empty) return std::uint64_t{0};
+  u128 last = 0;  // index of the last element reached
+  for (std::size_t i = 0; i < shape.size(); ++i) {
+    if (st[i] < 0)
+      return Error{Errc::invalid_argument, "negative strides are not supported (dimension " + std::to_string(i) + ")"};
+    last += static_cast<u128>(shape[i] - 1) * static_cast<std::uint64_t>(st[i]);
+    if (last > std::numeric_limits<std::uint64_t>::max() / 16)
+      return Error{Errc::invalid_argument, "shape's byte size overflows 64 bits"};
+  }
+  u128 bytes = (last + 1) * item;
+  if (bytes > std::numeric_limits<std::uint64_t>::max() / 2)
+    return Error{Errc::invalid_argument, "shape's byte size overflows 64 bits"};
+  if (bytes > max_bytes)
+    return Error{Errc::invalid_argument, "the object needs " + std::to_string(static_cast<std::uint64_t>(bytes)) +
+                                           " bytes, more than the largest object this daemon accepts (" + std::to_string(max_bytes) +
+                                           " bytes); raise --max-object-size / --pool-size"};
+  return static_cast<std::uint64_t>(bytes);
+}
+
+}  // namespace tensorshm::protocol
