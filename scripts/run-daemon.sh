@@ -1,0 +1,9 @@
+#!/usr/bin/env bash
+# The README's first command: installs what is missing, builds, and runs
+# tensorshmd in the foreground on its embedded defaults (Ctrl-C stops it and
+# removes its segments). Extra arguments go to tensorshmd.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+./scripts/setup-debian.sh
+./scripts/build.sh >/dev/null
+exec build/daemon/tensorshmd "$@"
