@@ -72,16 +72,44 @@ void Session::close() {
   socket_.close(ec);
 }
 
-awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::vector<std::byte>& payload) {
-  std::array<std::byte, protocol::kHeaderSize> hb;
-  error_code ec;
-  co_await asio::async_read(socket_, asio::buffer(hb), nothrow(ec));
-  if (ec) {
-    if (ec != asio::error::eof && ec != asio::error::operation_aborted && ec != asio::error::bad_descriptor)
-      log::debug("session ", id(), ": read: ", ec.message());
-    co_return false;
+awaitable<bool> Session::fill(std::size_t n) {
+  if (rend_ - rbegin_ >= n) co_return true;
+  if (rbegin_ + n > rbuf_.size()) {
+    // Move the unread bytes to the front (and grow for a large frame).
+    std::memmove(rbuf_.data(), rbuf_.data() + rbegin_, rend_ - rbegin_);
+    rend_ -= rbegin_;
+    rbegin_ = 0;
+    if (n > rbuf_.size()) rbuf_.resize(n);
   }
-  auto hr = protocol::decode_header(hb);
+  while (rend_ - rbegin_ < n) {
+    error_code ec;
+    std::size_t got = co_await socket_.async_read_some(
+        asio::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), nothrow(ec));
+    if (ec) {
+      if (rend_ != rbegin_)
+        log::warning("session ", id(), " (pid ", cred_.pid, "): connection ended mid-frame (", ec.message(), ")");
+      else if (ec != asio::error::eof && ec != asio::error::operation_aborted && ec != asio::error::bad_descriptor)
+        log::debug("session ", id(), ": read: ", ec.message());
+      co_return false;
+    }
+    rend_ += got;
+  }
+  co_return true;
+}
+
+awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::span<const std::byte>* payload) {
+  if (rbegin_ == rend_) {
+    rbegin_ = rend_ = 0;
+    // Give memory back after an unusually large frame (the previous payload
+    // is no longer in use).
+    if (rbuf_.size() > 64 * 1024) {
+      rbuf_.resize(64 * 1024);
+      rbuf_.shrink_to_fit();
+    }
+  }
+  if (!co_await fill(protocol::kHeaderSize)) co_return false;
+  auto hr = protocol::decode_header(
+      std::span<const std::byte, protocol::kHeaderSize>(rbuf_.data() + rbegin_, protocol::kHeaderSize));
   if (!hr) {
     ++server_.counters().protocol_errors;
     log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, "): ", hr.error().message,
@@ -89,30 +117,15 @@ awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::vector<std::b
     co_return false;
   }
   h = *hr;
-  payload.resize(h.length);
-  if (h.length > 0) {
-    co_await asio::async_read(socket_, asio::buffer(payload), nothrow(ec));
-    if (ec) {
-      log::warning("session ", id(), " (pid ", cred_.pid, "): connection ended mid-frame (", ec.message(), ")");
-      co_return false;
-    }
-  }
+  if (!co_await fill(protocol::kHeaderSize + h.length)) co_return false;
+  *payload = std::span<const std::byte>(rbuf_.data() + rbegin_ + protocol::kHeaderSize, h.length);
+  rbegin_ += protocol::kHeaderSize + h.length;
   co_return true;
 }
 
 awaitable<bool> Session::send(const std::vector<std::byte>& frame, int fd) {
-  // A peer that does not read its replies is dropped after write_timeout_ms:
-  // per-connection output is bounded by one reply.
-  write_timer_.expires_after(std::chrono::milliseconds(server_.config().write_timeout_ms));
-  std::weak_ptr<Session> weak = weak_from_this();
-  write_timer_.async_wait([weak](error_code ec) {
-    if (ec) return;
-    if (auto self = weak.lock()) {
-      log::warning("session ", self->id(), " did not read its reply in time; dropping it");
-      self->close();
-    }
-  });
   std::size_t off = 0;
+  bool timer_armed = false;
   bool ok = true;
   while (off < frame.size()) {
     std::span<const int> fds;
@@ -123,27 +136,43 @@ awaitable<bool> Session::send(const std::vector<std::byte>& frame, int fd) {
       ok = false;
       break;
     }
-    if (r->would_block) {
-      error_code ec;
-      co_await socket_.async_wait(unix_socket::wait_write, nothrow(ec));
-      if (ec || !socket_.is_open()) {
-        ok = false;
-        break;
-      }
+    if (!r->would_block) {
+      off += r->sent;
       continue;
     }
-    off += r->sent;
+    // The peer's receive buffer is full. A peer that does not read its
+    // replies is dropped after write_timeout_ms: per-connection output stays
+    // bounded by one reply. (The timer is armed only here, off the fast path.)
+    if (!timer_armed) {
+      timer_armed = true;
+      write_timer_.expires_after(std::chrono::milliseconds(server_.config().write_timeout_ms));
+      std::weak_ptr<Session> weak = weak_from_this();
+      write_timer_.async_wait([weak](error_code ec) {
+        if (ec) return;
+        if (auto self = weak.lock()) {
+          log::warning("session ", self->id(), " (pid ", self->cred_.pid, ") did not read its reply within ",
+                       self->server_.config().write_timeout_ms, " ms; dropping it");
+          self->close();
+        }
+      });
+    }
+    error_code ec;
+    co_await socket_.async_wait(unix_socket::wait_write, nothrow(ec));
+    if (ec || !socket_.is_open()) {
+      ok = false;
+      break;
+    }
   }
-  write_timer_.cancel();
+  if (timer_armed) write_timer_.cancel();
   co_return ok;
 }
 
 awaitable<void> Session::run() {
   log::info("client connected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " gid ", cred_.gid);
-  std::vector<std::byte> payload;
   for (;;) {
     protocol::FrameHeader h;
-    if (!co_await read_frame(h, payload)) break;
+    std::span<const std::byte> payload;
+    if (!co_await read_frame(h, &payload)) break;
     if (h.version != protocol::kVersion) {
       log::warning("session ", id(), " (pid ", cred_.pid, ") speaks protocol version ", h.version,
                    "; this daemon speaks ", protocol::kVersion, ". Refusing it.");
@@ -283,7 +312,10 @@ awaitable<Reply> Session::on_create(wire::CreateObjectT& m) {
   open_.insert((*r)->id);
   wire::CreateObjectReplyT out;
   out.object = describe(**r);
-  co_return reply(std::move(out));
+  Reply rep = reply(std::move(out));
+  if (const Segment* seg = server_.pool().segment((*r)->extent.segment_id); seg && seg->dedicated())
+    rep.fd = seg->rw_fd();
+  co_return rep;
 }
 
 Reply Session::on_seal(const wire::SealT& m) {
@@ -315,7 +347,11 @@ awaitable<Reply> Session::on_get(const wire::GetT& m) {
   ++server_.counters().gets;
   wire::GetReplyT out;
   out.object = describe(**r);
-  co_return reply(std::move(out));
+  Reply rep = reply(std::move(out));
+  // A dedicated segment comes with the reply (saves a MapSegment round trip).
+  if (const Segment* seg = server_.pool().segment((*r)->extent.segment_id); seg && seg->dedicated())
+    rep.fd = seg->ro_fd();
+  co_return rep;
 }
 
 Reply Session::on_release(const wire::ReleaseT& m) {

@@ -8,6 +8,7 @@
 #include <map>
 #include <memory>
 #include <set>
+#include <span>
 #include <vector>
 
 #include "asio.hpp"
@@ -41,7 +42,11 @@ class Session : public std::enable_shared_from_this<Session> {
   };
 
  private:
-  awaitable<bool> read_frame(protocol::FrameHeader& h, std::vector<std::byte>& payload);
+  /// Reads the next frame into rbuf_ (one read(2) usually brings header and
+  /// payload together); *payload views it until the next call.
+  awaitable<bool> read_frame(protocol::FrameHeader& h, std::span<const std::byte>* payload);
+  /// Ensures at least `n` unread bytes are buffered.
+  awaitable<bool> fill(std::size_t n);
   awaitable<bool> send(const std::vector<std::byte>& frame, int fd);
   awaitable<Reply> dispatch(protocol::Message& msg);
   void cleanup();
@@ -77,6 +82,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool said_hello_ = false;
   bool peer_gone_ = false;
   asio::steady_timer write_timer_;
+  std::vector<std::byte> rbuf_ = std::vector<std::byte>(64 * 1024);
+  std::size_t rbegin_ = 0;  // first unread byte in rbuf_
+  std::size_t rend_ = 0;    // one past the last buffered byte
   std::map<std::uint64_t, std::uint32_t> leases_;  // object id -> count
   std::set<std::uint64_t> open_;                    // objects created, not yet sealed/aborted
   std::set<std::uint32_t> pending_copies_;          // (CUDA) request ids in flight

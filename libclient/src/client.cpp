@@ -1,6 +1,8 @@
 // Client, Object and Buffer: the public C++ API over Connection.
 #include "tensorshm/client.hpp"
 
+#include <unistd.h>
+
 #include <chrono>
 #include <cstring>
 
@@ -109,11 +111,22 @@ Buffer Client::create(std::string_view name, DType dtype, std::span<const std::i
   open->conn = conn_;
   {
     auto lk = conn_->lock();
-    auto reply = unwrap(conn_->call_locked(std::move(req)));
-    const auto& desc = *reply->body.AsCreateObjectReply()->object;
+    wire::BodyUnion u;
+    u.Set(std::move(req));
+    std::vector<int> fds;
+    auto result = conn_->call_locked(u, &fds);
+    if (!result) {
+      for (int fd : fds) ::close(fd);
+      raise(result.error());
+    }
+    const auto& desc = *(*result)->body.AsCreateObjectReply()->object;
     open->info = detail::to_info(desc);
     open->epoch = conn_->epoch();
-    auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/true);
+    if (fds.size() > 1) {
+      for (std::size_t i = 1; i < fds.size(); ++i) ::close(fds[i]);
+      fds.resize(1);
+    }
+    auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/true, fds.empty() ? -1 : fds[0]);
     if (!map) {
       lk.unlock();
       conn_->abort(open->info.object_id, open->epoch);
@@ -157,12 +170,23 @@ Object Client::get(std::string_view name, const GetOptions& options) {
   req.timeout_ms = options.timeout.count();
   auto lease = std::make_shared<detail::Lease>();
   auto lk = conn_->lock();
-  auto reply = unwrap(conn_->call_locked(std::move(req)));
-  const auto& desc = *reply->body.AsGetReply()->object;
+  wire::BodyUnion u;
+  u.Set(std::move(req));
+  std::vector<int> fds;
+  auto result = conn_->call_locked(u, &fds);
+  if (!result) {
+    for (int fd : fds) ::close(fd);
+    raise(result.error());
+  }
+  const auto& desc = *(*result)->body.AsGetReply()->object;
   lease->info = detail::to_info(desc);
   lease->epoch = conn_->epoch();
   lease->conn = conn_;  // from here on, destroying the lease releases it
-  auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/false);
+  if (fds.size() > 1) {
+    for (int fd : fds) ::close(fd);
+    raise(Error{Errc::protocol_error, "get reply carried more than one descriptor"});
+  }
+  auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/false, fds.empty() ? -1 : fds[0]);
   lk.unlock();
   if (!map) raise(map.error());
   if (desc.data_offset + desc.nbytes > (*map)->size)

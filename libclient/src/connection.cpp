@@ -2,6 +2,7 @@
 
 #include <sys/mman.h>
 #include <sys/socket.h>
+#include <sys/stat.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -181,28 +182,40 @@ Result<std::unique_ptr<protocol::Message>> Connection::call_locked(const wire::B
   return reply;
 }
 
-Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segment_id, bool writable) {
+Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segment_id, bool writable, int fd) {
+  std::vector<int> fds;
+  if (fd >= 0) fds.push_back(fd);
+  struct Closer {
+    std::vector<int>& f;
+    ~Closer() { for (int d : f) io::close_fd(d); }
+  } closer{fds};
   const auto key = std::make_pair(segment_id, writable);
   if (auto it = pool_maps_.find(key); it != pool_maps_.end()) return it->second;
   if (auto it = dedicated_maps_.find(key); it != dedicated_maps_.end())
     if (auto m = it->second.lock()) return m;
 
-  wire::MapSegmentT req;
-  req.segment_id = segment_id;
-  req.writable = writable;
-  wire::BodyUnion u;
-  u.Set(std::move(req));
-  std::vector<int> fds;
-  auto reply = call_locked(u, &fds);
-  struct Closer {
-    std::vector<int>& f;
-    ~Closer() { for (int fd : f) io::close_fd(fd); }
-  } closer{fds};
-  if (!reply) return std::move(reply).error();
-  const auto* r = (*reply)->body.AsMapSegmentReply();
-  if (r == nullptr || !r->segment || fds.size() != 1)
-    return lost(Error{Errc::protocol_error, "MapSegment reply without exactly one descriptor"});
-  const auto& seg = *r->segment;
+  wire::SegmentInfoT seg;
+  if (fd >= 0) {
+    // A dedicated segment whose descriptor came with the reply.
+    struct stat st{};
+    if (::fstat(fd, &st) != 0) return posix_error("fstat", "segment " + std::to_string(segment_id), errno);
+    seg.id = segment_id;
+    seg.name = "segment " + std::to_string(segment_id);
+    seg.size = static_cast<std::uint64_t>(st.st_size);
+    seg.dedicated = true;
+  } else {
+    wire::MapSegmentT req;
+    req.segment_id = segment_id;
+    req.writable = writable;
+    wire::BodyUnion u;
+    u.Set(std::move(req));
+    auto reply = call_locked(u, &fds);
+    if (!reply) return std::move(reply).error();
+    const auto* r = (*reply)->body.AsMapSegmentReply();
+    if (r == nullptr || !r->segment || fds.size() != 1)
+      return lost(Error{Errc::protocol_error, "MapSegment reply without exactly one descriptor"});
+    seg = *r->segment;
+  }
   auto m = std::make_shared<Mapping>();
   m->size = seg.size;
   m->writable = writable;

@@ -53,7 +53,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
   /// The mapping of a segment, mapping it on first use (one MapSegment round
   /// trip, the descriptor arrives by SCM_RIGHTS). Caller holds lock().
-  Result<std::shared_ptr<Mapping>> mapping_locked(std::uint32_t segment_id, bool writable);
+  /// `fd`: a descriptor of that segment that came with the reply (dedicated
+  /// segments), or -1; it is consumed (closed) either way.
+  Result<std::shared_ptr<Mapping>> mapping_locked(std::uint32_t segment_id, bool writable, int fd = -1);
 
   /// Sends Release unless the lease belongs to an earlier epoch (the daemon
   /// dropped it already when that connection ended). Never throws.
