@@ -86,7 +86,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
     ("socket-group", po::value(&c.socket_group), "group that owns the socket (default: the daemon's group)")
     ("instance", po::value(&c.instance)->default_value(d.instance), "instance name; segments are /dev/shm/tensorshm.<instance>.*")
     ("pool-size", po::value(&pool_size)->default_value("1G"), "bytes of shared memory reserved, pre-touched (and pinned with a GPU) at start")
-    ("segment-size", po::value(&segment_size)->default_value("1G"), "bytes per pool segment; objects larger than one get a dedicated segment")
+    ("segment-size", po::value(&segment_size)->default_value("256M"), "bytes per pool segment; objects larger than one get a dedicated segment; a segment holds one owner's objects of one sharing mode at a time")
     ("max-object-size", po::value(&max_object_size)->default_value("64G"), "largest object accepted, in bytes")
     ("max-objects", po::value(&c.max_objects)->default_value(d.max_objects), "live object versions, all users together")
     ("max-connections", po::value(&c.max_connections)->default_value(d.max_connections), "concurrent client connections")

@@ -19,7 +19,7 @@ struct Config {
   std::string socket_group;                      // group owning the socket; empty: the daemon's
   std::string instance = "default";              // segment names are "tensorshm.<instance>.*"
   std::uint64_t pool_size = 1ull << 30;          // bytes of pooled shared memory
-  std::uint64_t segment_size = 1ull << 30;       // bytes per pool segment (the pool is split into these)
+  std::uint64_t segment_size = 256ull << 20;     // bytes per pool segment (the pool is split into these)
   std::uint64_t max_object_size = 64ull << 30;   // largest single object (dedicated segment) in bytes
   std::uint32_t max_objects = 1u << 20;          // live object versions, all users together
   std::uint32_t max_connections = 4096;          // concurrent client connections

@@ -68,39 +68,75 @@ std::uint64_t Pool::pool_extent_limit() const noexcept {
   return m;
 }
 
-Result<Extent> Pool::allocate(std::uint64_t bytes) {
+Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
   bytes = (bytes + page_ - 1) / page_ * page_;
   if (bytes <= pool_extent_limit()) {
-    // First the segment whose largest hole fits best, to keep big holes whole.
+    // Among the segments of this class, and the unused ones, the one whose
+    // largest hole fits best (keeps big holes whole); a segment of the class
+    // wins a tie against an unused one.
     ExtentAllocator* best = nullptr;
     std::uint32_t best_id = 0;
+    bool best_owned = false;
     for (auto& [id, a] : allocators_) {
+      auto c = classes_.find(id);
+      const bool owned = c != classes_.end();
+      if (owned && !(c->second == cls)) continue;
+      if (!owned && !exposable(id, cls)) continue;
       const auto lf = a.largest_free();
-      if (lf >= bytes && (best == nullptr || lf < best->largest_free())) {
+      if (lf < bytes) continue;
+      if (best == nullptr || (owned && !best_owned) ||
+          (owned == best_owned && lf < best->largest_free())) {
         best = &a;
         best_id = id;
+        best_owned = owned;
       }
     }
     if (best != nullptr)
-      if (auto off = best->allocate(bytes)) return Extent{best_id, *off, bytes};
-    return Error{Errc::pool_exhausted, "pool exhausted: no free extent of " + std::to_string(bytes) + " bytes (" +
-                                           std::to_string(pool_used_bytes()) + " of " + std::to_string(pool_bytes()) +
-                                           " bytes in use)"};
+      if (auto off = best->allocate(bytes)) {
+        classes_[best_id] = cls;
+        return Extent{best_id, *off, bytes};
+      }
+    return Error{Errc::pool_exhausted,
+                 "pool exhausted: no free extent of " + std::to_string(bytes) + " bytes (" +
+                     std::to_string(pool_used_bytes()) + " of " + std::to_string(pool_bytes()) +
+                     " bytes in use; a pool segment holds objects of one owner and sharing mode at a time). "
+                     "Release or delete objects, wait (timeout), or enlarge --pool-size"};
   }
-  if (bytes + TSHM_HEADER_BYTES > config_.max_object_size + 2 * TSHM_HEADER_BYTES)
+  if (bytes > config_.max_object_size + TSHM_HEADER_BYTES)
     return Error{Errc::invalid_argument, "object of " + std::to_string(bytes) +
                                              " bytes exceeds --max-object-size (" +
                                              std::to_string(config_.max_object_size) + ")"};
   auto seg = add_segment(bytes + TSHM_HEADER_BYTES, /*dedicated=*/true);
   if (!seg) return std::move(seg).error();
+  classes_[(*seg)->id()] = cls;
   return Extent{(*seg)->id(), TSHM_HEADER_BYTES, bytes};
+}
+
+void Pool::note_exposed(std::uint32_t id, std::uint32_t uid, std::uint32_t gid) {
+  if (uid != 0 && allocators_.count(id)) exposed_[id].emplace(uid, gid);
+}
+
+bool Pool::exposable(std::uint32_t id, const ReaderClass& cls) const {
+  auto it = exposed_.find(id);
+  if (it == exposed_.end()) return true;
+  for (const auto& [uid, gid] : it->second)
+    if (!cls.readable_by(uid, gid)) return false;
+  return true;
+}
+
+std::optional<ReaderClass> Pool::segment_class(std::uint32_t id) const {
+  auto it = classes_.find(id);
+  if (it == classes_.end()) return std::nullopt;
+  return it->second;
 }
 
 void Pool::free(const Extent& e) {
   if (auto a = allocators_.find(e.segment_id); a != allocators_.end()) {
     a->second.free(e.offset, e.size);
+    if (a->second.free_bytes() == a->second.capacity()) classes_.erase(e.segment_id);  // empty: any class may use it
     return;
   }
+  classes_.erase(e.segment_id);
   if (auto s = segments_.find(e.segment_id); s != segments_.end()) {
     if (on_segment_removed) on_segment_removed(*s->second);
     dedicated_bytes_ -= s->second->size();

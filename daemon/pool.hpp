@@ -7,6 +7,8 @@
 #include <functional>
 #include <map>
 #include <memory>
+#include <optional>
+#include <set>
 #include <vector>
 
 #include "config.hpp"
@@ -15,6 +17,23 @@
 #include "tensorshm/error.hpp"
 
 namespace tensorshm::daemon {
+
+/// Who may map a segment. A pool segment holds only objects of one owner
+/// and one sharing mode at a time, so that handing a reader its descriptor
+/// never exposes an object the reader may not see, and only the owner ever
+/// gets a writable descriptor.
+struct ReaderClass {
+  std::uint32_t owner_uid = 0;
+  std::uint8_t share = 0;  // 0 owner only, 1 the group `gid`, 2 everyone
+  std::uint32_t gid = 0;   // meaningful when share == 1
+  friend bool operator==(const ReaderClass&, const ReaderClass&) = default;
+  /// May a peer with these credentials read objects of this class?
+  bool readable_by(std::uint32_t uid, std::uint32_t peer_gid) const noexcept {
+    return uid == 0 || uid == owner_uid || share == 2 || (share == 1 && peer_gid == gid);
+  }
+  /// May it get a writable descriptor?
+  bool writable_by(std::uint32_t uid) const noexcept { return uid == 0 || uid == owner_uid; }
+};
 
 struct Extent {
   std::uint32_t segment_id = 0;
@@ -33,10 +52,16 @@ class Pool {
   /// An extent of at least `bytes`, from a pool segment when it fits one,
   /// else a new dedicated segment. pool_exhausted when no room (the caller
   /// may free and retry).
-  Result<Extent> allocate(std::uint64_t bytes);
+  Result<Extent> allocate(std::uint64_t bytes, const ReaderClass& cls);
   void free(const Extent& e);
 
   Segment* segment(std::uint32_t id) const;
+  /// The class of a segment's objects; empty for an unused pool segment.
+  std::optional<ReaderClass> segment_class(std::uint32_t id) const;
+  /// Records that a peer received a descriptor of the segment. Its mapping
+  /// may outlive its connection, so an emptied pool segment is later given
+  /// only to a class that every such peer may read.
+  void note_exposed(std::uint32_t id, std::uint32_t uid, std::uint32_t gid);
   std::byte* address(const Extent& e) const;
   std::vector<const Segment*> pool_segments() const;
   std::uint64_t page_size() const noexcept { return page_; }
@@ -56,6 +81,7 @@ class Pool {
  private:
   explicit Pool(const Config& c) : config_(c) {}
   Result<Segment*> add_segment(std::uint64_t size, bool dedicated);
+  bool exposable(std::uint32_t id, const ReaderClass& cls) const;
 
   Config config_;
   std::uint64_t page_ = 4096;
@@ -63,6 +89,8 @@ class Pool {
   std::uint64_t dedicated_bytes_ = 0;
   std::map<std::uint32_t, std::unique_ptr<Segment>> segments_;
   std::map<std::uint32_t, ExtentAllocator> allocators_;  // pool segments only
+  std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
+  std::map<std::uint32_t, std::set<std::pair<std::uint32_t, std::uint32_t>>> exposed_;  // (uid, gid) per segment
 };
 
 }  // namespace tensorshm::daemon

@@ -29,9 +29,7 @@ Registry::~Registry() {
 }
 
 bool Registry::may_read(const Caller& c, const Object& o) const {
-  if (c.uid == o.owner_uid || c.uid == 0) return true;
-  if (o.share == Share::everyone) return true;
-  return o.share == Share::group && c.gid == o.owner_gid;
+  return ReaderClass{o.owner_uid, static_cast<std::uint8_t>(o.share), o.owner_gid}.readable_by(c.uid, c.gid);
 }
 
 Result<Object*> Registry::create(const Caller& c, CreateParams p) {
@@ -62,7 +60,8 @@ Result<Object*> Registry::create(const Caller& c, CreateParams p) {
     return Error{Errc::limit_exceeded, "create '" + printable_name(p.name) + "': uid " + std::to_string(c.uid) +
                                            " would hold " + std::to_string(u.bytes + extent_bytes) +
                                            " bytes, over its limit (--max-bytes-per-uid)"};
-  auto extent = pool_.allocate(extent_bytes);
+  ReaderClass cls{c.uid, static_cast<std::uint8_t>(p.share), p.share == Share::group ? c.gid : 0u};
+  auto extent = pool_.allocate(extent_bytes, cls);
   if (!extent) {
     Error e = std::move(extent).error();
     e.message = "create '" + printable_name(p.name) + "': " + e.message;
