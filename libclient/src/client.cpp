@@ -78,6 +78,11 @@ ObjectInfo Buffer::seal() {
   return info;
 }
 
+std::shared_ptr<const void> Buffer::keep_alive() const noexcept {
+  if (!open_) return nullptr;
+  return open_->map;
+}
+
 void Buffer::abort() noexcept {
   if (!open_) return;
   open_->conn->abort(open_->info.object_id, open_->epoch);

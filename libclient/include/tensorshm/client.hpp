@@ -177,6 +177,9 @@ class Buffer {
   ObjectInfo seal();
   /// Discards the object. Idempotent.
   void abort() noexcept;
+  /// Shares ownership of the writable mapping under data() (empty once sealed
+  /// or aborted), so that an adapter's array over it cannot outlive the memory.
+  std::shared_ptr<const void> keep_alive() const noexcept;
 
  private:
   friend class Client;
