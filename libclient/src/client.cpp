@@ -39,6 +39,8 @@ std::shared_ptr<const void> Object::keep_alive() const noexcept { return lease_;
 
 // ---- Buffer -----------------------------------------------------------------
 
+Buffer::Buffer() = default;
+
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {
     abort();

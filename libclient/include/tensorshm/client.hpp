@@ -164,7 +164,7 @@ class Object {
 /// publishes it; destroying it unsealed aborts it (its space is reclaimed).
 class Buffer {
  public:
-  Buffer() = default;
+  Buffer();  // out of line: detail::OpenCreate is incomplete here
   Buffer(Buffer&&) noexcept = default;
   Buffer& operator=(Buffer&&) noexcept;
   ~Buffer();
