@@ -195,6 +195,11 @@ awaitable<void> Session::run() {
       r = co_await dispatch(**msg);
     }
     const bool fatal = refuse_ || (r.body.type == wire::Body::ErrorReply && !said_hello_);
+    if (const auto* rel = (*msg)->body.AsRelease(); rel != nullptr && rel->no_reply && !fatal) {
+      if (r.body.type == wire::Body::ErrorReply)
+        log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.body.AsErrorReply()->message);
+      continue;  // one-way release: nothing to send
+    }
     if (!co_await send(protocol::encode(r.body, h.request_id), r.fd)) break;
     if (fatal || peer_gone_) break;
   }

@@ -246,9 +246,14 @@ void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept 
   try {
     auto lk = lock();
     if (epoch != epoch_ || broken_ || fd_ < 0 || pid_ != ::getpid()) return;
+    // One-way: the daemon sends no reply, so dropping an object costs one
+    // send, not a round trip. Requests stay ordered on the stream.
     wire::ReleaseT r;
     r.object_id = object_id;
-    (void)call_locked(std::move(r));
+    r.no_reply = true;
+    wire::BodyUnion u;
+    u.Set(std::move(r));
+    if (auto s = send_frame_locked(protocol::encode(u, next_request_++)); !s) (void)lost(s.error());
   } catch (...) {
   }
 }

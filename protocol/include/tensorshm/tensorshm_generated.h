@@ -1894,21 +1894,29 @@ flatbuffers::Offset<GetReply> CreateGetReply(flatbuffers::FlatBufferBuilder &_fb
 struct ReleaseT : public flatbuffers::NativeTable {
   typedef Release TableType;
   uint64_t object_id = 0;
+  bool no_reply = false;
 };
 
+/// no_reply: the client does not wait for an answer (it drops leases this way when
+/// objects are destroyed); failures are then only logged by the daemon.
 struct Release FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   typedef ReleaseT NativeTableType;
   typedef ReleaseBuilder Builder;
   struct Traits;
   enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
-    VT_OBJECT_ID = 4
+    VT_OBJECT_ID = 4,
+    VT_NO_REPLY = 6
   };
   uint64_t object_id() const {
     return GetField<uint64_t>(VT_OBJECT_ID, 0);
   }
+  bool no_reply() const {
+    return GetField<uint8_t>(VT_NO_REPLY, 0) != 0;
+  }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
            VerifyField<uint64_t>(verifier, VT_OBJECT_ID, 8) &&
+           VerifyField<uint8_t>(verifier, VT_NO_REPLY, 1) &&
            verifier.EndTable();
   }
   ReleaseT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
@@ -1923,6 +1931,9 @@ struct ReleaseBuilder {
   void add_object_id(uint64_t object_id) {
     fbb_.AddElement<uint64_t>(Release::VT_OBJECT_ID, object_id, 0);
   }
+  void add_no_reply(bool no_reply) {
+    fbb_.AddElement<uint8_t>(Release::VT_NO_REPLY, static_cast<uint8_t>(no_reply), 0);
+  }
   explicit ReleaseBuilder(flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -1936,9 +1947,11 @@ struct ReleaseBuilder {
 
 inline flatbuffers::Offset<Release> CreateRelease(
     flatbuffers::FlatBufferBuilder &_fbb,
-    uint64_t object_id = 0) {
+    uint64_t object_id = 0,
+    bool no_reply = false) {
   ReleaseBuilder builder_(_fbb);
   builder_.add_object_id(object_id);
+  builder_.add_no_reply(no_reply);
   return builder_.Finish();
 }
 
@@ -3927,6 +3940,7 @@ inline void Release::UnPackTo(ReleaseT *_o, const flatbuffers::resolver_function
   (void)_o;
   (void)_resolver;
   { auto _e = object_id(); _o->object_id = _e; }
+  { auto _e = no_reply(); _o->no_reply = _e; }
 }
 
 inline flatbuffers::Offset<Release> Release::Pack(flatbuffers::FlatBufferBuilder &_fbb, const ReleaseT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
@@ -3938,9 +3952,11 @@ inline flatbuffers::Offset<Release> CreateRelease(flatbuffers::FlatBufferBuilder
   (void)_o;
   struct _VectorArgs { flatbuffers::FlatBufferBuilder *__fbb; const ReleaseT* __o; const flatbuffers::rehasher_function_t *__rehasher; } _va = { &_fbb, _o, _rehasher}; (void)_va;
   auto _object_id = _o->object_id;
+  auto _no_reply = _o->no_reply;
   return tensorshm::wire::CreateRelease(
       _fbb,
-      _object_id);
+      _object_id,
+      _no_reply);
 }
 
 inline DeleteT *Delete::UnPack(const flatbuffers::resolver_function_t *_resolver) const {
