@@ -70,6 +70,9 @@ Session::~Session() = default;
 void Session::close() {
   error_code ec;
   socket_.close(ec);
+  // Wake a request waiting for a version or for space: it ends at once.
+  peer_gone_ = true;
+  if (auto t = wait_timer_.lock()) t->cancel();
 }
 
 awaitable<bool> Session::fill(std::size_t n) {
@@ -272,6 +275,7 @@ awaitable<decltype(std::declval<Ready>()())> Session::wait_until(Ready ready, Pa
                                                                  std::int64_t timeout_ms) {
   const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(0, timeout_ms));
   auto timer = std::make_shared<asio::steady_timer>(server_.io());
+  wait_timer_ = timer;
   bool watching = false;
   struct StopWatching {
     unix_socket& socket;

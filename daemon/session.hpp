@@ -87,7 +87,7 @@ class Session : public std::enable_shared_from_this<Session> {
   std::size_t rend_ = 0;    // one past the last buffered byte
   std::map<std::uint64_t, std::uint32_t> leases_;  // object id -> count
   std::set<std::uint64_t> open_;                    // objects created, not yet sealed/aborted
-  std::set<std::uint32_t> pending_copies_;          // (CUDA) request ids in flight
+  std::weak_ptr<asio::steady_timer> wait_timer_;    // the timer of a waiting request, if any
 };
 
 /// The wire form of a registry object.
