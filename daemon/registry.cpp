@@ -125,8 +125,13 @@ Result<Object*> Registry::seal(const Caller& c, std::uint64_t id) {
   if (auto it = latest_.find(o->name); it != latest_.end()) {
     Object& old = *objects_.at(it->second);
     if (old.owner_uid != c.uid && c.uid != 0) {
-      return Error{Errc::permission_denied, "seal '" + printable_name(o->name) + "': the name now belongs to uid " +
-                                                std::to_string(old.owner_uid)};
+      // Someone else took the name meanwhile: the create is discarded, as a
+      // failed seal never leaves anything open.
+      Error e{Errc::permission_denied, "seal '" + printable_name(o->name) + "': the name now belongs to uid " +
+                                           std::to_string(old.owner_uid) + "; the object was discarded"};
+      --open_;
+      destroy(*o);
+      return e;
     }
     old.latest = false;
     latest_.erase(it);

@@ -67,7 +67,8 @@ class Registry {
   /// and allocates an extent. Errors: invalid_name, invalid_argument,
   /// unsupported_dtype, permission_denied, limit_exceeded, pool_exhausted.
   Result<Object*> create(const Caller& c, CreateParams p);
-  /// Publishes an object the caller created as its name's newest version.
+  /// Publishes an object the caller created as its name's newest version. If
+  /// the name meanwhile belongs to another uid the object is discarded.
   Result<Object*> seal(const Caller& c, std::uint64_t id);
   /// Discards an object the caller created and has not sealed.
   Status abort(const Caller& c, std::uint64_t id);

@@ -329,7 +329,10 @@ awaitable<Reply> Session::on_create(wire::CreateObjectT& m) {
 
 Reply Session::on_seal(const wire::SealT& m) {
   auto r = server_.registry().seal(caller_, m.object_id);
-  if (!r) return error_reply(r.error());
+  if (!r) {
+    if (server_.registry().get(m.object_id) == nullptr) open_.erase(m.object_id);
+    return error_reply(r.error());
+  }
   open_.erase(m.object_id);
   ++server_.counters().puts;
   wire::SealReplyT out;
