@@ -1,0 +1,630 @@
+// tensorshm._tensorshm: the nanobind layer between libtensorshm and the Python
+// package. It stays low level on purpose: layouts cross it as plain integers
+// (DLPack dtype code and bits, shape, strides in elements, data addresses) and
+// the Python layer (tensorshm/_client.py) decides how to read numpy, torch and
+// __cuda_array_interface__ objects. What only C++ can do lives here:
+//
+//  * the GIL is released around every call that may block (socket round trips,
+//    waits, copies, lease releases in destructors); long waits are cut into
+//    slices so that Ctrl-C interrupts them;
+//  * tensorshm::Exception becomes the Python exception class registered for its
+//    Errc (the classes live in tensorshm/_errors.py and are handed over once at
+//    import, see set_error_classes);
+//  * a Lease owns a tensorshm::Object (the read lease) and is the base object of
+//    every ndarray over it, exporting the mapping through __array_interface__
+//    (read-only) and DLPack; a Buffer does the same for an open create.
+#include <nanobind/nanobind.h>
+#include <nanobind/ndarray.h>
+#include <nanobind/stl/string.h>
+#include <nanobind/stl/unique_ptr.h>
+#include <nanobind/stl/vector.h>
+
+#include <array>
+#include <chrono>
+#include <cstdint>
+#include <memory>
+#include <optional>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "tensorshm/client.hpp"
+#include "tensorshm/cuda.hpp"
+#include "tensorshm/dtype.hpp"
+#include "tensorshm/error.hpp"
+#include "tensorshm/paths.hpp"
+
+#include "dlpack_export.hpp"
+
+namespace nb = nanobind;
+using namespace nb::literals;
+
+namespace tensorshm::python {
+namespace {
+
+using std::chrono::milliseconds;
+using Clock = std::chrono::steady_clock;
+
+// ---- errors -----------------------------------------------------------------
+
+constexpr int kErrcCount = static_cast<int>(Errc::internal) + 1;
+
+// One Python exception class per Errc, installed by set_error_classes(). The
+// references are deliberately leaked: translators may run during interpreter
+// shutdown, after module state would have been torn down.
+std::array<PyObject*, kErrcCount> g_error_classes{};
+
+PyObject* error_class(Errc code) {
+  const auto i = static_cast<std::size_t>(code);
+  if (i < g_error_classes.size() && g_error_classes[i] != nullptr) return g_error_classes[i];
+  if (g_error_classes[static_cast<std::size_t>(Errc::internal)] != nullptr)
+    return g_error_classes[static_cast<std::size_t>(Errc::internal)];
+  return PyExc_RuntimeError;
+}
+
+// Takes {errc name: class}; every name of errc_name() must be present.
+void set_error_classes(nb::dict classes) {
+  for (int i = 0; i < kErrcCount; ++i) {
+    const std::string key(errc_name(static_cast<Errc>(i)));
+    if (!classes.contains(key.c_str())) throw nb::key_error(("no exception class for errc '" + key + "'").c_str());
+    nb::object cls = classes[key.c_str()];
+    if (!PyType_Check(cls.ptr()) || !PyType_IsSubtype(reinterpret_cast<PyTypeObject*>(cls.ptr()),
+                                                        reinterpret_cast<PyTypeObject*>(PyExc_Exception)))
+      throw nb::type_error(("the class for errc '" + key + "' is not an Exception subclass").c_str());
+    Py_XDECREF(g_error_classes[static_cast<std::size_t>(i)]);
+    g_error_classes[static_cast<std::size_t>(i)] = cls.release().ptr();
+  }
+}
+
+std::vector<std::string> errc_names() {
+  std::vector<std::string> out;
+  for (int i = 0; i < kErrcCount; ++i) out.emplace_back(errc_name(static_cast<Errc>(i)));
+  return out;
+}
+
+// Test hook: raises the exception a libclient failure with this code becomes.
+[[noreturn]] void raise_errc(int code, const std::string& message) {
+  if (code < 0 || code >= kErrcCount) throw nb::value_error("unknown errc");
+  throw Exception(static_cast<Errc>(code), message);
+}
+
+// ---- conversions ------------------------------------------------------------
+
+const char* share_name(Share s) {
+  switch (s) {
+    case Share::group: return "group";
+    case Share::everyone: return "everyone";
+    case Share::owner: break;
+  }
+  return "owner";
+}
+
+Share share_from_int(int s) {
+  if (s < 0 || s > 2) throw Exception(Errc::invalid_argument, "share must be 'owner', 'group' or 'everyone'");
+  return static_cast<Share>(s);
+}
+
+nb::tuple int_tuple(const std::vector<std::int64_t>& v) {
+  nb::list l;
+  for (auto x : v) l.append(x);
+  return nb::tuple(l);
+}
+
+// The fields of tensorshm.ObjectInfo, in its order.
+nb::tuple info_tuple(const ObjectInfo& i) {
+  return nb::make_tuple(i.name, i.version, dtype_name(i.dtype), int_tuple(i.shape), int_tuple(i.strides), i.nbytes,
+                        i.object_id, i.owner_uid, share_name(i.share), i.sealed, i.created_unix_ns, i.leases,
+                        i.segment_id);
+}
+
+DType make_dtype(int code, int bits) {
+  DType t{static_cast<std::uint8_t>(code), static_cast<std::uint8_t>(bits), 1};
+  if (code < 0 || code > 255 || bits <= 0 || bits > 255 || !dtype_supported(t))
+    throw Exception(Errc::unsupported_dtype, "unsupported dtype (DLPack code " + std::to_string(code) + ", " +
+                                                 std::to_string(bits) + " bits)");
+  return t;
+}
+
+// numpy's typestr for the raw bytes of a dtype: bfloat16 and float8 appear as
+// unsigned integers of their width (the Python layer views them as ml_dtypes).
+std::string raw_typestr(DType t) {
+  const auto item = std::to_string(dtype_itemsize(t));
+  const char order = dtype_itemsize(t) == 1 ? '|' : '<';
+  switch (static_cast<DTypeCode>(t.code)) {
+    case DTypeCode::kBool: return "|b1";
+    case DTypeCode::kInt: return order + std::string("i") + item;
+    case DTypeCode::kFloat: return order + std::string("f") + item;
+    case DTypeCode::kComplex: return order + std::string("c") + item;
+    default: return order + std::string("u") + item;
+  }
+}
+
+// numpy's __array_interface__ (version 3) over memory laid out as `info` says.
+nb::dict array_interface(const void* data, const ObjectInfo& info, bool readonly) {
+  const auto item = static_cast<std::int64_t>(dtype_itemsize(info.dtype));
+  nb::dict d;
+  d["version"] = 3;
+  d["shape"] = int_tuple(info.shape);
+  d["typestr"] = raw_typestr(info.dtype);
+  // Empty objects may have no extent: numpy wants a non-null address anyway.
+  static const std::uint64_t kEmpty = 0;
+  const void* p = data != nullptr ? data : &kEmpty;
+  d["data"] = nb::make_tuple(reinterpret_cast<std::uintptr_t>(p), readonly);
+  std::vector<std::int64_t> bytes;
+  bytes.reserve(info.strides.size());
+  for (auto s : info.strides) bytes.push_back(s * item);
+  d["strides"] = info.strides.size() == info.shape.size() ? nb::object(int_tuple(bytes)) : nb::none();
+  return d;
+}
+
+// make_dict("a", 1, "b", x): a dict of alternating keys and values.
+inline void fill_dict(nb::dict&) {}
+template <class V, class... Rest>
+void fill_dict(nb::dict& d, const char* key, V&& value, Rest&&... rest) {
+  d[key] = nb::cast(std::forward<V>(value));
+  fill_dict(d, std::forward<Rest>(rest)...);
+}
+template <class... KV>
+nb::dict make_dict(KV&&... kv) {
+  nb::dict d;
+  fill_dict(d, std::forward<KV>(kv)...);
+  return d;
+}
+
+bool is_finalizing() {
+#if PY_VERSION_HEX >= 0x030D0000
+  return Py_IsFinalizing() != 0;
+#else
+  return _Py_IsFinalizing() != 0;
+#endif
+}
+
+// Runs f with the GIL released when this thread holds it (destructors run from
+// the garbage collector, or from a consumer's DLPack deleter on any thread).
+// While the interpreter shuts down, f runs as it is.
+template <class F>
+void without_gil(F&& f) {
+  if (is_finalizing() || !PyGILState_Check()) {
+    f();
+    return;
+  }
+  nb::gil_scoped_release nogil;
+  f();
+}
+
+// ---- Lease: a read lease and the base object of arrays over it ----------------
+
+struct Lease {
+  Object object;
+  Lease() = default;
+  explicit Lease(Object o) : object(std::move(o)) {}
+  Lease(const Lease&) = delete;
+  Lease& operator=(const Lease&) = delete;
+  // Releasing sends a message on the Client's connection, whose lock another
+  // thread may hold during a long wait: never make the interpreter wait with it.
+  ~Lease() { release(); }
+  void release() {
+    if (object.valid()) without_gil([&] { object.release(); });
+  }
+  const Object& held() const {
+    if (!object.valid()) throw Exception(Errc::not_open, "this tensorshm object was released");
+    return object;
+  }
+};
+
+// A DLPack capsule over the lease's memory that shares the lease, so that
+// consumers hold it for as long as they hold the data. as_int exports the raw
+// bits as a signed integer of the same width, for consumers that know the type
+// but not its DLPack code (torch 1.x and bool, float8, wide unsigned types).
+nb::object dlpack_capsule(const Lease& self, bool versioned, bool as_int) {
+  const Object& o = self.held();
+  DLPackSource src;
+  src.data = o.data();
+  src.dtype = o.dtype();
+  src.shape = o.shape();
+  src.strides = o.strides();
+  src.keep = o.keep_alive();
+  if (as_int) {
+    if (src.dtype.bits > 64)
+      throw Exception(Errc::unsupported_dtype, "no integer type is as wide as " + dtype_name(src.dtype));
+    src.dtype.code = static_cast<std::uint8_t>(DTypeCode::kInt);
+  }
+  PyObject* capsule = make_dlpack_capsule(std::move(src), versioned);
+  if (capsule == nullptr) throw nb::python_error();
+  return nb::steal(capsule);
+}
+
+// ---- Buffer: an open create ------------------------------------------------
+
+struct PyBuffer {
+  Buffer buffer;
+  ObjectInfo info;                    // kept after seal/abort
+  void* data = nullptr;               // kept after seal/abort
+  std::shared_ptr<const void> keep;   // the writable mapping: arrays may outlive the Buffer
+  ~PyBuffer() { abort(); }
+  void abort() {
+    if (buffer.open()) without_gil([&] { buffer.abort(); });
+  }
+  nb::tuple seal() {
+    ObjectInfo sealed;
+    {
+      nb::gil_scoped_release nogil;
+      sealed = buffer.seal();
+    }
+    return info_tuple(sealed);
+  }
+};
+
+// ---- Client -------------------------------------------------------------------
+
+// Waits longer than this are cut into slices of this length, with a check for
+// pending signals (KeyboardInterrupt) between them.
+constexpr milliseconds kWaitSlice{200};
+
+// Calls f(timeout) with the GIL released, in slices when the wait is long.
+// timeout_ms < 0 waits forever.
+template <class F>
+auto sliced_wait(std::int64_t timeout_ms, F&& f) {
+  if (timeout_ms >= 0 && milliseconds(timeout_ms) <= kWaitSlice) {
+    nb::gil_scoped_release nogil;
+    return f(milliseconds(timeout_ms));
+  }
+  const auto start = Clock::now();
+  const auto deadline = timeout_ms < 0 ? Clock::time_point::max() : start + milliseconds(timeout_ms);
+  for (;;) {
+    const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
+    const auto slice = std::max(milliseconds(1), std::min(left, kWaitSlice));
+    try {
+      nb::gil_scoped_release nogil;
+      return f(slice);
+    } catch (const Exception& e) {
+      if (e.code() != Errc::timeout) throw;
+      if (Clock::now() >= deadline) {
+        std::string msg = e.what();
+        if (auto cut = msg.find("; gave up after waiting"); cut != std::string::npos) msg.resize(cut);
+        throw Exception(Errc::timeout, msg + "; gave up after waiting " + std::to_string(timeout_ms) + " ms");
+      }
+    }
+    if (PyErr_CheckSignals() != 0) throw nb::python_error();
+  }
+}
+
+class PyClient {
+ public:
+  PyClient(const std::string& socket_path, const std::string& client_name) {
+    Client::Options o;
+    o.socket_path = socket_path;
+    o.client_name = client_name;
+    nb::gil_scoped_release nogil;
+    client_ = std::make_shared<Client>(Client::connect(std::move(o)));
+  }
+
+  void close() { client_.reset(); }
+  bool closed() const { return client_ == nullptr; }
+
+  // The Client for one call; holding the shared_ptr keeps it alive while the
+  // GIL is released even if another thread closes this PyClient meanwhile.
+  std::shared_ptr<Client> client() const {
+    if (!client_) throw Exception(Errc::not_open, "this tensorshm client is closed");
+    return client_;
+  }
+
+  nb::dict daemon_info() const {
+    auto c = client();
+    const DaemonInfo& i = c->daemon_info();
+    nb::list segs;
+    for (const auto& s : i.segments)
+      segs.append(make_dict("id", s.id, "name", s.name, "size", s.size, "dedicated", s.dedicated));
+    return make_dict("socket_path", i.socket_path, "daemon_version", i.daemon_version, "instance", i.instance,
+                     "protocol_version", i.protocol_version, "page_size", i.page_size, "cuda_devices",
+                     i.cuda_devices, "segments", segs);
+  }
+
+  static CreateOptions create_options(std::vector<std::int64_t> strides, std::int64_t timeout_ms, int share) {
+    CreateOptions o;
+    o.strides = std::move(strides);
+    o.timeout = milliseconds(std::max<std::int64_t>(0, timeout_ms));
+    o.share = share_from_int(share);
+    return o;
+  }
+
+  std::unique_ptr<PyBuffer> create(const std::string& name, int code, int bits, std::vector<std::int64_t> shape,
+                                   std::vector<std::int64_t> strides, std::int64_t timeout_ms, int share) {
+    auto c = client();
+    const DType t = make_dtype(code, bits);
+    auto out = std::make_unique<PyBuffer>();
+    CreateOptions opts = create_options(std::move(strides), 0, share);
+    out->buffer = sliced_wait(timeout_ms, [&](milliseconds slice) {
+      opts.timeout = slice;
+      return c->create(name, t, shape, opts);
+    });
+    out->info = out->buffer.info();
+    out->data = out->buffer.data();
+    out->keep = out->buffer.keep_alive();
+    return out;
+  }
+
+  nb::tuple put_host(const std::string& name, std::uintptr_t data, int code, int bits,
+                     std::vector<std::int64_t> shape, std::vector<std::int64_t> strides, std::int64_t timeout_ms,
+                     int share) {
+    auto c = client();
+    HostView v;
+    v.data = reinterpret_cast<const void*>(data);
+    v.dtype = make_dtype(code, bits);
+    v.shape = std::move(shape);
+    v.strides = std::move(strides);
+    CreateOptions opts = create_options({}, 0, share);
+    const ObjectInfo info = sliced_wait(timeout_ms, [&](milliseconds slice) {
+      opts.timeout = slice;
+      return c->put(name, v, opts);
+    });
+    return info_tuple(info);
+  }
+
+  std::unique_ptr<Lease> get(const std::string& name, std::uint64_t newer_than, std::int64_t timeout_ms) {
+    auto c = client();
+    GetOptions opts;
+    opts.newer_than = newer_than;
+    auto lease = std::make_unique<Lease>();
+    lease->object = sliced_wait(timeout_ms, [&](milliseconds slice) {
+      opts.timeout = slice;
+      return c->get(name, opts);
+    });
+    return lease;
+  }
+
+  nb::list list(const std::string& prefix, std::uint32_t limit) {
+    auto c = client();
+    std::vector<ObjectInfo> v;
+    {
+      nb::gil_scoped_release nogil;
+      v = c->list(prefix, limit);
+    }
+    nb::list out;
+    for (const auto& i : v) out.append(info_tuple(i));
+    return out;
+  }
+
+  nb::tuple stat(const std::string& name) {
+    auto c = client();
+    ObjectInfo i;
+    {
+      nb::gil_scoped_release nogil;
+      i = c->stat(name);
+    }
+    return info_tuple(i);
+  }
+
+  void remove(const std::string& name) {
+    auto c = client();
+    nb::gil_scoped_release nogil;
+    c->remove(name);
+  }
+
+  nb::dict stats() {
+    auto c = client();
+    Stats s;
+    {
+      nb::gil_scoped_release nogil;
+      s = c->stats();
+    }
+    return make_dict("pool_bytes", s.pool_bytes, "pool_used_bytes", s.pool_used_bytes, "dedicated_bytes",
+                     s.dedicated_bytes, "segments", s.segments, "objects", s.objects, "versions", s.versions,
+                     "open_creates", s.open_creates, "leases", s.leases, "clients", s.clients, "puts", s.puts,
+                     "gets", s.gets, "copies", s.copies, "bytes_copied", s.bytes_copied, "cuda_devices",
+                     s.cuda_devices, "uptime_s", s.uptime_s);
+  }
+
+  double ping() {
+    auto c = client();
+    nb::gil_scoped_release nogil;
+    return std::chrono::duration<double>(c->ping()).count();
+  }
+
+ private:
+  std::shared_ptr<Client> client_;
+};
+
+// ---- GPU producers ------------------------------------------------------------
+
+void require_cuda() {
+  if (!cuda_supported())
+    throw Exception(Errc::no_gpu,
+                    "this tensorshm was built without CUDA support, so it cannot read GPU memory; copy the "
+                    "tensor to the host first (t.cpu()), or rebuild the package where nvcc is available "
+                    "(TENSORSHM_CUDA=ON pip install ./pyclient)");
+}
+
+// A pending GPU put. Holds the producer's object (`keep`) until the daemon has
+// copied it, and waits for that (GIL released) when dropped unfinished.
+struct PyCudaFuture {
+  std::optional<CudaPutFuture> future;
+  std::optional<ObjectInfo> result;
+  nb::object keep;
+  nb::ndarray<nb::ro> array;
+  ~PyCudaFuture() {
+    if (future) without_gil([&] { future.reset(); });
+  }
+  bool ready() {
+    if (result || !future) return true;
+    return future->ready();
+  }
+  nb::tuple get() {
+    if (!result) {
+      if (!future) throw Exception(Errc::not_open, "this put future has no result");
+      {
+        nb::gil_scoped_release nogil;
+        result = future->get();
+      }
+      future.reset();
+      keep = nb::object();
+      array = nb::ndarray<nb::ro>();
+    }
+    return info_tuple(*result);
+  }
+};
+
+nb::tuple bind_put_cuda(PyClient& self, const std::string& name, std::uintptr_t device_ptr, int code, int bits,
+                   std::vector<std::int64_t> shape, std::vector<std::int64_t> strides, std::uintptr_t stream,
+                   std::int64_t timeout_ms, int share) {
+  require_cuda();
+  auto c = self.client();
+  const DType t = make_dtype(code, bits);
+  const CreateOptions opts = PyClient::create_options({}, timeout_ms, share);
+  ObjectInfo info;
+  {
+    nb::gil_scoped_release nogil;
+    info = tensorshm::put_cuda(*c, name, reinterpret_cast<const void*>(device_ptr), t, shape, strides,
+                               reinterpret_cast<void*>(stream), opts);
+  }
+  return info_tuple(info);
+}
+
+std::unique_ptr<PyCudaFuture> bind_put_cuda_async(PyClient& self, const std::string& name, std::uintptr_t device_ptr,
+                                             int code, int bits, std::vector<std::int64_t> shape,
+                                             std::vector<std::int64_t> strides, std::uintptr_t stream,
+                                             std::int64_t timeout_ms, int share, nb::object keep) {
+  require_cuda();
+  auto c = self.client();
+  const DType t = make_dtype(code, bits);
+  const CreateOptions opts = PyClient::create_options({}, timeout_ms, share);
+  auto out = std::make_unique<PyCudaFuture>();
+  out->keep = std::move(keep);
+  {
+    nb::gil_scoped_release nogil;
+    out->future.emplace(tensorshm::put_cuda_async(*c, name, reinterpret_cast<const void*>(device_ptr), t, shape,
+                                                  strides, reinterpret_cast<void*>(stream), opts));
+  }
+  return out;
+}
+
+void bind_forget_cuda(PyClient& self, std::uintptr_t device_ptr) {
+  require_cuda();
+  auto c = self.client();
+  nb::gil_scoped_release nogil;
+  tensorshm::forget_cuda(*c, reinterpret_cast<const void*>(device_ptr));
+}
+
+// Any __dlpack__ producer: host memory (CPU, pinned or managed) is copied by
+// the client, device memory by the daemon, ordered after the legacy default
+// stream (DLPack producers synchronize with it when no stream is passed).
+nb::object put_dlpack(PyClient& self, const std::string& name, nb::ndarray<nb::ro> a, std::int64_t timeout_ms,
+                      int share, bool wait) {
+  if (a.dtype().lanes != 1)
+    throw Exception(Errc::unsupported_dtype, "vector dtypes (DLPack lanes > 1) cannot be stored");
+  std::vector<std::int64_t> shape, strides;
+  for (std::size_t i = 0; i < a.ndim(); ++i) {
+    shape.push_back(a.shape(i));
+    strides.push_back(a.stride(i));
+  }
+  const auto ptr = reinterpret_cast<std::uintptr_t>(a.data());
+  switch (a.device_type()) {
+    case nb::device::cpu::value:
+    case nb::device::cuda_host::value:
+    case nb::device::cuda_managed::value:
+      return self.put_host(name, ptr, a.dtype().code, a.dtype().bits, std::move(shape), std::move(strides),
+                           timeout_ms, share);
+    case nb::device::cuda::value:
+      if (wait) return bind_put_cuda(self, name, ptr, a.dtype().code, a.dtype().bits, shape, strides, 0, timeout_ms, share);
+      {
+        auto f = bind_put_cuda_async(self, name, ptr, a.dtype().code, a.dtype().bits, shape, strides, 0, timeout_ms,
+                                     share, nb::object());
+        f->array = a;  // the DLPack export itself, not just its producer, stays alive
+        return nb::cast(std::move(f));
+      }
+    default:
+      throw Exception(Errc::invalid_argument, "objects on DLPack device type " + std::to_string(a.device_type()) +
+                                                  " cannot be put; move them to the host or a CUDA device first");
+  }
+}
+
+}  // namespace
+}  // namespace tensorshm::python
+
+NB_MODULE(_tensorshm, m) {
+  using namespace tensorshm;
+  using namespace tensorshm::python;
+
+  m.doc() = "Low-level binding of libtensorshm; use the `tensorshm` package instead.";
+
+  nb::register_exception_translator([](const std::exception_ptr& p, void*) {
+    try {
+      std::rethrow_exception(p);
+    } catch (const Exception& e) {
+      PyErr_SetString(error_class(e.code()), e.what());
+    }
+  });
+
+  m.def("set_error_classes", &set_error_classes, "classes"_a,
+        "Installs the exception class raised for each errc name (tensorshm._errors does this at import).");
+  m.def("errc_names", &errc_names, "The errc names, indexed by code.");
+  m.def("raise_errc", &raise_errc, "code"_a, "message"_a, "Raises what a libtensorshm failure with this code becomes.");
+  m.def("default_socket_path", &default_socket_path,
+        "$TENSORSHM_SOCKET, else the daemon's default socket path for this user.");
+  m.def("cuda_supported", &cuda_supported, "True when this build can hand GPU memory to tensorshmd.");
+  m.def(
+      "dtype_name",
+      [](int code, int bits) { return dtype_name(DType{static_cast<std::uint8_t>(code), static_cast<std::uint8_t>(bits), 1}); },
+      "code"_a, "bits"_a, "The canonical name of a DLPack (code, bits) dtype.");
+  m.def(
+      "dtype_from_name",
+      [](const std::string& name) -> nb::object {
+        auto t = dtype_from_name(name);
+        if (!t || !dtype_supported(*t)) return nb::none();
+        return nb::make_tuple(t->code, t->bits);
+      },
+      "name"_a, "(code, bits) of a dtype name such as 'float32' or 'bfloat16'; None when unknown.");
+
+  nb::class_<Lease>(m, "Lease", nb::is_weak_referenceable(),
+                    "A read lease on one sealed object version; the base object of the arrays over it.")
+      .def_prop_ro("valid", [](const Lease& l) { return l.object.valid(); })
+      .def_prop_ro("info", [](const Lease& l) { return info_tuple(l.held().info()); })
+      .def_prop_ro("version", [](const Lease& l) { return l.held().version(); })
+      .def_prop_ro("nbytes", [](const Lease& l) { return l.held().nbytes(); })
+      .def_prop_ro("dtype_code", [](const Lease& l) { return l.held().dtype().code; })
+      .def_prop_ro("dtype_bits", [](const Lease& l) { return l.held().dtype().bits; })
+      .def_prop_ro("data_ptr", [](const Lease& l) { return reinterpret_cast<std::uintptr_t>(l.held().data()); })
+      .def_prop_ro("__array_interface__",
+                   [](const Lease& l) { return array_interface(l.held().data(), l.held().info(), true); },
+                   "Read-only; bfloat16 and float8 appear as unsigned integers of their width.")
+      .def("dlpack_capsule", &dlpack_capsule, "versioned"_a = false, "as_int"_a = false,
+           "A DLPack capsule (\"dltensor\", or read-only \"dltensor_versioned\") sharing this lease; as_int: "
+           "the raw bits as a signed integer type of the same width.")
+      .def("release", &Lease::release, "Gives the lease back now. Arrays over it must not be used afterwards.");
+
+  nb::class_<PyBuffer>(m, "Buffer", nb::is_weak_referenceable(), "An open create: writable, not yet visible.")
+      .def_prop_ro("open", [](const PyBuffer& b) { return b.buffer.open(); })
+      .def_prop_ro("info", [](const PyBuffer& b) { return info_tuple(b.info); })
+      .def_prop_ro("dtype_code", [](const PyBuffer& b) { return b.info.dtype.code; })
+      .def_prop_ro("dtype_bits", [](const PyBuffer& b) { return b.info.dtype.bits; })
+      .def_prop_ro("data_ptr", [](const PyBuffer& b) { return reinterpret_cast<std::uintptr_t>(b.data); })
+      .def_prop_ro("__array_interface__", [](const PyBuffer& b) { return array_interface(b.data, b.info, false); })
+      .def("seal", &PyBuffer::seal, "Publishes the object; returns its info tuple.")
+      .def("abort", &PyBuffer::abort, "Discards the object. Idempotent.");
+
+  nb::class_<PyCudaFuture>(m, "CudaPutFuture", "A GPU put in flight.")
+      .def("ready", &PyCudaFuture::ready)
+      .def("get", &PyCudaFuture::get, "Waits for the daemon's answer; returns the info tuple.");
+
+  nb::class_<PyClient>(m, "Client", "One connection to tensorshmd.")
+      .def(nb::init<const std::string&, const std::string&>(), "socket_path"_a = "", "client_name"_a = "")
+      .def("close", &PyClient::close)
+      .def_prop_ro("closed", &PyClient::closed)
+      .def_prop_ro("daemon_info", &PyClient::daemon_info)
+      .def("create", &PyClient::create, "name"_a, "code"_a, "bits"_a, "shape"_a, "strides"_a, "timeout_ms"_a,
+           "share"_a)
+      .def("put_host", &PyClient::put_host, "name"_a, "data"_a, "code"_a, "bits"_a, "shape"_a, "strides"_a,
+           "timeout_ms"_a, "share"_a)
+      .def("put_cuda", &bind_put_cuda, "name"_a, "device_ptr"_a, "code"_a, "bits"_a, "shape"_a, "strides"_a, "stream"_a,
+           "timeout_ms"_a, "share"_a)
+      .def("put_cuda_async", &bind_put_cuda_async, "name"_a, "device_ptr"_a, "code"_a, "bits"_a, "shape"_a, "strides"_a,
+           "stream"_a, "timeout_ms"_a, "share"_a, "keep"_a)
+      .def("forget_cuda", &bind_forget_cuda, "device_ptr"_a)
+      .def("put_dlpack", &put_dlpack, "name"_a, "array"_a, "timeout_ms"_a, "share"_a, "wait"_a)
+      .def("get", &PyClient::get, "name"_a, "newer_than"_a, "timeout_ms"_a)
+      .def("list", &PyClient::list, "prefix"_a, "limit"_a)
+      .def("stat", &PyClient::stat, "name"_a)
+      .def("remove", &PyClient::remove, "name"_a)
+      .def("stats", &PyClient::stats)
+      .def("ping", &PyClient::ping);
+}
