@@ -396,6 +396,7 @@ Reply Session::on_list(const wire::ListT& m) {
 }
 
 Reply Session::on_stat(const wire::StatT& m) {
+  if (auto v = validate_name(m.name); !v) return error_reply(v.error());
   auto r = server_.registry().find(caller_, m.name, 0);
   if (!r) return error_reply(r.error());
   wire::StatReplyT out;

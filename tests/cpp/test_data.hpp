@@ -1,0 +1,88 @@
+// Shared by the tests and tshm_test_peer: the byte pattern both sides agree
+// on, its checksum, where a pointer lies in this process's mappings
+// (/proc/self/maps), and which files an instance has in /dev/shm.
+#pragma once
+
+#include <dirent.h>
+
+#include <algorithm>
+#include <cstddef>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <sstream>
+#include <string>
+#include <string_view>
+#include <vector>
+
+namespace tshm_test {
+
+/// Byte i of the pattern with this seed.
+inline std::uint8_t pattern_byte(std::uint64_t seed, std::size_t i) {
+  return static_cast<std::uint8_t>((seed * 131 + i * 31 + (i >> 12)) & 0xff);
+}
+
+inline void fill_pattern(void* dst, std::size_t n, std::uint64_t seed) {
+  auto* p = static_cast<std::uint8_t*>(dst);
+  for (std::size_t i = 0; i < n; ++i) p[i] = pattern_byte(seed, i);
+}
+
+/// FNV-1a, 64 bits.
+inline std::uint64_t checksum(const void* data, std::size_t n) {
+  const auto* p = static_cast<const std::uint8_t*>(data);
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ p[i]) * 0x100000001b3ull;
+  return h;
+}
+
+inline std::uint64_t pattern_checksum(std::size_t n, std::uint64_t seed) {
+  std::uint64_t h = 0xcbf29ce484222325ull;
+  for (std::size_t i = 0; i < n; ++i) h = (h ^ pattern_byte(seed, i)) * 0x100000001b3ull;
+  return h;
+}
+
+/// The /proc/self/maps line holding an address: its permissions ("r--s")
+/// and path; empty permissions when no mapping holds it.
+struct MappingOf {
+  std::string perms;
+  std::string path;
+  bool read_only_shared() const { return perms.size() == 4 && perms[0] == 'r' && perms[1] == '-' && perms[3] == 's'; }
+};
+
+inline MappingOf mapping_of(const void* p) {
+  const auto addr = reinterpret_cast<std::uintptr_t>(p);
+  std::ifstream maps("/proc/self/maps");
+  std::string line;
+  while (std::getline(maps, line)) {
+    unsigned long long lo = 0, hi = 0;
+    char perms[8] = {};
+    if (std::sscanf(line.c_str(), "%llx-%llx %7s", &lo, &hi, perms) != 3) continue;
+    if (addr < lo || addr >= hi) continue;
+    MappingOf m;
+    m.perms = perms;
+    if (auto slash = line.find('/'); slash != std::string::npos) m.path = line.substr(slash);
+    return m;
+  }
+  return {};
+}
+
+/// Files in /dev/shm whose name starts with "tensorshm.<instance>.", sorted.
+inline std::vector<std::string> shm_files_of(const std::string& instance) {
+  std::vector<std::string> out;
+  const std::string prefix = "tensorshm." + instance + ".";
+  if (DIR* d = ::opendir("/dev/shm")) {
+    while (dirent* e = ::readdir(d))
+      if (std::string_view(e->d_name).starts_with(prefix)) out.emplace_back(e->d_name);
+    ::closedir(d);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+inline std::string hex(std::uint64_t v) {
+  std::ostringstream os;
+  os << std::hex << v;
+  return os.str();
+}
+
+}  // namespace tshm_test
