@@ -182,6 +182,19 @@ awaitable<void> Session::run() {
       (void)co_await send(protocol::encode_version_mismatch(h.version, h.request_id), -1);
       break;
     }
+    if (said_hello_ && !refuse_ &&
+        (h.type == static_cast<std::uint16_t>(wire::Body::Get) ||
+         h.type == static_cast<std::uint16_t>(wire::Body::Release))) {
+      auto view = protocol::verify(h, payload, scratch_);
+      if (!view) {
+        ++server_.counters().protocol_errors;
+        log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, "): ", view.error().message,
+                     "; closing the connection");
+        break;
+      }
+      if (!co_await serve_fast(h, **view)) break;
+      continue;
+    }
     auto msg = protocol::decode(h, payload);
     if (!msg) {
       ++server_.counters().protocol_errors;
@@ -203,7 +216,8 @@ awaitable<void> Session::run() {
         log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.body.AsErrorReply()->message);
       continue;  // one-way release: nothing to send
     }
-    if (!co_await send(protocol::encode(r.body, h.request_id), r.fd)) break;
+    protocol::encode_into(wbuf_, fbb_, r.body, h.request_id);
+    if (!co_await send(wbuf_, r.fd)) break;
     if (fatal || peer_gone_) break;
   }
   cleanup();
@@ -347,16 +361,23 @@ Reply Session::on_abort(const wire::AbortT& m) {
   return reply(wire::OkT{});
 }
 
-awaitable<Reply> Session::on_get(const wire::GetT& m) {
-  if (auto v = validate_name(m.name); !v) co_return error_reply(v.error());
+awaitable<Result<Object*>> Session::lease_for_get(const std::string& name, std::uint64_t newer_than,
+                                                  std::int64_t timeout_ms) {
+  if (auto v = validate_name(name); !v) co_return v.error();
   auto& reg = server_.registry();
-  auto r = co_await wait_until([&] { return reg.find(caller_, m.name, m.newer_than); },
-                               [&](asio::steady_timer* t) { return server_.waiters().wait_for_name(m.name, t); },
-                               Errc::not_found, m.timeout_ms);
-  if (!r) co_return error_reply(r.error());
+  auto r = co_await wait_until([&] { return reg.find(caller_, name, newer_than); },
+                               [&](asio::steady_timer* t) { return server_.waiters().wait_for_name(name, t); },
+                               Errc::not_found, timeout_ms);
+  if (!r) co_return r;
   reg.lease(**r);
   ++leases_[(*r)->id];
   ++server_.counters().gets;
+  co_return r;
+}
+
+awaitable<Reply> Session::on_get(const wire::GetT& m) {
+  auto r = co_await lease_for_get(m.name, m.newer_than, m.timeout_ms);
+  if (!r) co_return error_reply(r.error());
   wire::GetReplyT out;
   out.object = describe(**r);
   Reply rep = reply(std::move(out));
@@ -366,15 +387,59 @@ awaitable<Reply> Session::on_get(const wire::GetT& m) {
   co_return rep;
 }
 
-Reply Session::on_release(const wire::ReleaseT& m) {
-  auto it = leases_.find(m.object_id);
+Status Session::release_lease(std::uint64_t object_id) {
+  auto it = leases_.find(object_id);
   if (it == leases_.end())
-    return error_reply(Error{Errc::not_open, "release: this connection holds no lease on object " +
-                                                 std::to_string(m.object_id)});
+    return Error{Errc::not_open, "release: this connection holds no lease on object " + std::to_string(object_id)};
   if (--it->second == 0) leases_.erase(it);
-  auto r = server_.registry().unlease(m.object_id);
+  return server_.registry().unlease(object_id);
+}
+
+Reply Session::on_release(const wire::ReleaseT& m) {
+  auto r = release_lease(m.object_id);
   if (!r) return error_reply(r.error());
   return reply(wire::OkT{});
+}
+
+awaitable<bool> Session::serve_fast(const protocol::FrameHeader& h, const wire::Message& msg) {
+  if (const auto* rel = msg.body_as_Release()) {
+    auto r = release_lease(rel->object_id());
+    if (rel->no_reply()) {
+      if (!r) log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.error().message);
+      co_return true;
+    }
+    fbb_.Clear();
+    if (r) {
+      fbb_.Finish(wire::CreateMessage(fbb_, wire::Body::Ok, wire::CreateOk(fbb_).Union()));
+      protocol::frame_into(wbuf_, fbb_, wire::Body::Ok, h.request_id);
+    } else {
+      protocol::encode_into(wbuf_, fbb_, [&] { wire::BodyUnion u; u.Set(protocol::make_error(r.error())); return u; }(),
+                            h.request_id);
+    }
+    co_return co_await send(wbuf_, -1);
+  }
+  const auto* get = msg.body_as_Get();
+  std::string name = get->name() ? get->name()->str() : std::string();
+  auto r = co_await lease_for_get(name, get->newer_than(), get->timeout_ms());
+  int fd = -1;
+  if (!r) {
+    wire::BodyUnion u;
+    u.Set(protocol::make_error(r.error()));
+    protocol::encode_into(wbuf_, fbb_, u, h.request_id);
+  } else {
+    const Object& o = **r;
+    fbb_.Clear();
+    const wire::DType dt = protocol::to_wire(o.dtype);
+    auto desc = wire::CreateObjectDesc(fbb_, o.id, fbb_.CreateString(o.name), o.version, &dt, fbb_.CreateVector(o.shape),
+                                       fbb_.CreateVector(o.strides), o.nbytes, o.extent.segment_id, o.extent.offset,
+                                       o.data_offset, o.generation, o.owner_uid, static_cast<wire::Share>(o.share),
+                                       o.sealed, o.created_unix_ns, o.leases);
+    fbb_.Finish(wire::CreateMessage(fbb_, wire::Body::GetReply, wire::CreateGetReply(fbb_, desc).Union()));
+    protocol::frame_into(wbuf_, fbb_, wire::Body::GetReply, h.request_id);
+    if (const Segment* seg = server_.pool().segment(o.extent.segment_id); seg && seg->dedicated()) fd = seg->ro_fd();
+  }
+  if (!co_await send(wbuf_, fd)) co_return false;
+  co_return !peer_gone_;
 }
 
 Reply Session::on_delete(const wire::DeleteT& m) {

@@ -58,6 +58,14 @@ class Session : public std::enable_shared_from_this<Session> {
   Reply on_abort(const wire::AbortT& m);
   awaitable<Reply> on_get(const wire::GetT& m);
   Reply on_release(const wire::ReleaseT& m);
+  /// The hot path: Get and Release straight from the verified payload, the
+  /// reply built without intermediate objects. Returns false to end the session.
+  awaitable<bool> serve_fast(const protocol::FrameHeader& h, const wire::Message& msg);
+  /// Finds (waiting up to timeout_ms) and leases the version a Get asks for.
+  awaitable<Result<Object*>> lease_for_get(const std::string& name, std::uint64_t newer_than,
+                                           std::int64_t timeout_ms);
+  /// Releases one lease of this connection.
+  Status release_lease(std::uint64_t object_id);
   Reply on_delete(const wire::DeleteT& m);
   Reply on_list(const wire::ListT& m);
   Reply on_stat(const wire::StatT& m);
@@ -83,6 +91,9 @@ class Session : public std::enable_shared_from_this<Session> {
   bool peer_gone_ = false;
   asio::steady_timer write_timer_;
   std::vector<std::byte> rbuf_ = std::vector<std::byte>(64 * 1024);
+  std::vector<std::byte> wbuf_;                 // the reply being sent
+  std::vector<std::uint64_t> scratch_;          // realigned payloads
+  flatbuffers::FlatBufferBuilder fbb_{1024};    // reused for every reply
   std::size_t rbegin_ = 0;  // first unread byte in rbuf_
   std::size_t rend_ = 0;    // one past the last buffered byte
   std::map<std::uint64_t, std::uint32_t> leases_;  // object id -> count

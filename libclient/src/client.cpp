@@ -180,12 +180,12 @@ Object Client::get(std::string_view name, const GetOptions& options) {
   wire::BodyUnion u;
   u.Set(std::move(req));
   std::vector<int> fds;
-  auto result = conn_->call_locked(u, &fds);
-  if (!result) {
+  auto result = conn_->call_view_locked(u, &fds);
+  if (!result || (*result)->body_as_GetReply() == nullptr || (*result)->body_as_GetReply()->object() == nullptr) {
     for (int fd : fds) ::close(fd);
-    raise(result.error());
+    raise(result ? Error{Errc::protocol_error, "get answered with something else"} : result.error());
   }
-  const auto& desc = *(*result)->body.AsGetReply()->object;
+  const auto& desc = *(*result)->body_as_GetReply()->object();
   lease->info = detail::to_info(desc);
   lease->epoch = conn_->epoch();
   lease->conn = conn_;  // from here on, destroying the lease releases it
@@ -193,14 +193,16 @@ Object Client::get(std::string_view name, const GetOptions& options) {
     for (int fd : fds) ::close(fd);
     raise(Error{Errc::protocol_error, "get reply carried more than one descriptor"});
   }
-  auto map = conn_->mapping_locked(desc.segment_id, /*writable=*/false, fds.empty() ? -1 : fds[0]);
+  // desc points into the reply buffer: read what is needed before the next request.
+  const std::uint32_t segment_id = desc.segment_id();
+  const std::uint64_t data_offset = desc.data_offset(), nbytes = desc.nbytes();
+  auto map = conn_->mapping_locked(segment_id, /*writable=*/false, fds.empty() ? -1 : fds[0]);
   lk.unlock();
   if (!map) raise(map.error());
-  if (desc.data_offset + desc.nbytes > (*map)->size)
-    raise(Error{Errc::protocol_error, "get reply points outside its segment"});
+  if (data_offset + nbytes > (*map)->size) raise(Error{Errc::protocol_error, "get reply points outside its segment"});
   lease->map = std::move(*map);
   Object o;
-  o.data_ = static_cast<const std::byte*>(lease->map->addr) + desc.data_offset;
+  o.data_ = static_cast<const std::byte*>(lease->map->addr) + data_offset;
   o.lease_ = std::move(lease);
   return o;
 }

@@ -38,6 +38,24 @@ ObjectInfo to_info(const wire::ObjectDescT& d) {
   return i;
 }
 
+ObjectInfo to_info(const wire::ObjectDesc& d) {
+  ObjectInfo i;
+  if (d.name()) i.name.assign(d.name()->data(), d.name()->size());
+  i.version = d.version();
+  if (d.dtype()) i.dtype = protocol::from_wire(*d.dtype());
+  if (d.shape()) i.shape.assign(d.shape()->begin(), d.shape()->end());
+  if (d.strides()) i.strides.assign(d.strides()->begin(), d.strides()->end());
+  i.nbytes = d.nbytes();
+  i.object_id = d.object_id();
+  i.owner_uid = d.owner_uid();
+  i.share = static_cast<Share>(d.share());
+  i.sealed = d.sealed();
+  i.created_unix_ns = d.created_unix_ns();
+  i.leases = d.leases();
+  i.segment_id = d.segment_id();
+  return i;
+}
+
 Result<std::shared_ptr<Connection>> Connection::open(Client::Options options) {
   if (options.socket_path.empty()) options.socket_path = default_socket_path();
   std::shared_ptr<Connection> c(new Connection(std::move(options)));
@@ -88,9 +106,11 @@ Status Connection::connect_locked() {
   wire::BodyUnion u;
   u.Set(std::move(hello));
   const std::uint32_t id = next_request_++;
-  if (auto s = send_frame_locked(protocol::encode(u, id)); !s) return lost(s.error());
-  auto reply = recv_frame_locked(id, nullptr);
-  if (!reply) {
+  protocol::encode_into(wbuf_, fbb_, u, id);
+  if (auto s = send_frame_locked(wbuf_); !s) return lost(s.error());
+  auto view = recv_frame_locked(id, nullptr);
+  if (!view) {
+    auto reply = std::move(view);
     if (reply.error().code == Errc::version_mismatch) {
       disconnect_locked();
       broken_ = true;
@@ -98,12 +118,13 @@ Status Connection::connect_locked() {
     }
     return lost(reply.error());
   }
-  if (const auto* e = (*reply)->body.AsErrorReply()) {
+  std::unique_ptr<protocol::Message> reply((*view)->UnPack());
+  if (const auto* e = reply->body.AsErrorReply()) {
     disconnect_locked();
     broken_ = true;
     return Error{static_cast<Errc>(e->code), e->message};
   }
-  const auto* hr = (*reply)->body.AsHelloReply();
+  const auto* hr = reply->body.AsHelloReply();
   if (hr == nullptr) return lost(Error{Errc::protocol_error, "daemon answered Hello with something else"});
   info_ = DaemonInfo{};
   info_.socket_path = path;
@@ -140,8 +161,7 @@ Status Connection::send_frame_locked(const std::vector<std::byte>& frame) {
   return ok_status();
 }
 
-Result<std::unique_ptr<protocol::Message>> Connection::recv_frame_locked(std::uint32_t request_id,
-                                                                          std::vector<int>* fds) {
+Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds) {
   if (rbuf_.size() < 65536) rbuf_.resize(65536);
   std::size_t have = 0;
   auto fill = [&](std::size_t want) -> Status {
@@ -167,19 +187,31 @@ Result<std::unique_ptr<protocol::Message>> Connection::recv_frame_locked(std::ui
   if (h->request_id != request_id)
     return Error{Errc::protocol_error, "reply to request " + std::to_string(h->request_id) + " while waiting for " +
                                            std::to_string(request_id)};
-  return protocol::decode(*h, payload);
+  return protocol::verify(*h, payload, scratch_);
+}
+
+Result<const wire::Message*> Connection::round_trip_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
+  TSHM_TRY(ensure_connected_locked());
+  const std::uint32_t id = next_request_++;
+  protocol::encode_into(wbuf_, fbb_, body, id);
+  if (auto s = send_frame_locked(wbuf_); !s) return lost(s.error());
+  auto reply = recv_frame_locked(id, fds);
+  // Transport failures end the connection; the daemon's error replies do not.
+  if (!reply) return lost(reply.error());
+  if (const auto* e = (*reply)->body_as_ErrorReply())
+    return Error{static_cast<Errc>(e->code()), e->message() ? e->message()->str() : std::string("(no message)")};
+  return reply;
+}
+
+Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
+  return round_trip_locked(body, fds);
 }
 
 Result<std::unique_ptr<protocol::Message>> Connection::call_locked(const wire::BodyUnion& body,
                                                                    std::vector<int>* fds) {
-  TSHM_TRY(ensure_connected_locked());
-  const std::uint32_t id = next_request_++;
-  if (auto s = send_frame_locked(protocol::encode(body, id)); !s) return lost(s.error());
-  auto reply = recv_frame_locked(id, fds);
-  // Transport failures end the connection; the daemon's error replies do not.
-  if (!reply) return lost(reply.error());
-  if (const auto* e = (*reply)->body.AsErrorReply()) return Error{static_cast<Errc>(e->code), e->message};
-  return reply;
+  auto view = round_trip_locked(body, fds);
+  if (!view) return std::move(view).error();
+  return std::unique_ptr<protocol::Message>((*view)->UnPack());
 }
 
 Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segment_id, bool writable, int fd) {
@@ -253,7 +285,8 @@ void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept 
     r.no_reply = true;
     wire::BodyUnion u;
     u.Set(std::move(r));
-    if (auto s = send_frame_locked(protocol::encode(u, next_request_++)); !s) (void)lost(s.error());
+    protocol::encode_into(wbuf_, fbb_, u, next_request_++);
+    if (auto s = send_frame_locked(wbuf_); !s) (void)lost(s.error());
   } catch (...) {
   }
 }

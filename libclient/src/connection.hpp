@@ -51,6 +51,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
     return call_locked(u);
   }
 
+  /// Like call_locked, without unpacking: the view into the reply stays valid
+  /// until the next request. For the hot path (get).
+  Result<const wire::Message*> call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds);
+
   /// The mapping of a segment, mapping it on first use (one MapSegment round
   /// trip, the descriptor arrives by SCM_RIGHTS). Caller holds lock().
   /// `fd`: a descriptor of that segment that came with the reply (dedicated
@@ -73,7 +77,12 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void disconnect_locked() noexcept;
   Status ensure_connected_locked();
   Status send_frame_locked(const std::vector<std::byte>& frame);
-  Result<std::unique_ptr<protocol::Message>> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);
+  /// Receives the reply to `request_id` into rbuf_ and verifies it; the view
+  /// points into rbuf_ (or scratch_).
+  Result<const wire::Message*> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);
+  /// Sends a request and receives its verified reply; an ErrorReply becomes
+  /// its Error, transport failures end the connection.
+  Result<const wire::Message*> round_trip_locked(const wire::BodyUnion& body, std::vector<int>* fds);
   Error lost(const Error& why);
 
   Client::Options options_;
@@ -85,12 +94,16 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint32_t next_request_ = 1;
   DaemonInfo info_;
   std::vector<std::byte> rbuf_;
+  std::vector<std::byte> wbuf_;
+  std::vector<std::uint64_t> scratch_;
+  flatbuffers::FlatBufferBuilder fbb_{1024};
   std::map<std::pair<std::uint32_t, bool>, std::shared_ptr<Mapping>> pool_maps_;
   std::map<std::pair<std::uint32_t, bool>, std::weak_ptr<Mapping>> dedicated_maps_;
 };
 
 /// Converts a wire descriptor to the public ObjectInfo.
 ObjectInfo to_info(const wire::ObjectDescT& d);
+ObjectInfo to_info(const wire::ObjectDesc& d);
 
 /// What an Object holds: its connection, its mapping and its metadata.
 struct Lease {

@@ -25,6 +25,44 @@ T get_le(const std::byte* p) {
 
 Error proto_error(std::string msg) { return Error{Errc::protocol_error, std::move(msg)}; }
 
+// FlatBuffers 2.0's Verifier checks the alignment of a vector's length but not
+// of its elements, so a hand-made payload can place a [long] at an address
+// that is 4 modulo 8, and reading it is undefined behaviour (found by
+// tests/fuzz). The payload starts 8-aligned (decode copies it when not), so
+// checking the elements' addresses checks their offsets. Every [long] of the
+// schema is listed here: shape and strides of CreateObject, CudaPut and
+// ObjectDesc.
+template <class V>
+bool elements_aligned(const V* v) {
+  return v == nullptr || reinterpret_cast<std::uintptr_t>(v->data()) % alignof(std::int64_t) == 0;
+}
+bool desc_aligned(const wire::ObjectDesc* d) {
+  return d == nullptr || (elements_aligned(d->shape()) && elements_aligned(d->strides()));
+}
+bool vectors_aligned(const wire::Message& m) {
+  switch (m.body_type()) {
+    case wire::Body::CreateObject: {
+      const auto* b = m.body_as_CreateObject();
+      return elements_aligned(b->shape()) && elements_aligned(b->strides());
+    }
+    case wire::Body::CudaPut: {
+      const auto* b = m.body_as_CudaPut();
+      return elements_aligned(b->shape()) && elements_aligned(b->strides());
+    }
+    case wire::Body::CreateObjectReply: return desc_aligned(m.body_as_CreateObjectReply()->object());
+    case wire::Body::SealReply: return desc_aligned(m.body_as_SealReply()->object());
+    case wire::Body::GetReply: return desc_aligned(m.body_as_GetReply()->object());
+    case wire::Body::StatReply: return desc_aligned(m.body_as_StatReply()->object());
+    case wire::Body::CudaPutReply: return desc_aligned(m.body_as_CudaPutReply()->object());
+    case wire::Body::ListReply:
+      if (const auto* objects = m.body_as_ListReply()->objects())
+        for (const auto* d : *objects)
+          if (!desc_aligned(d)) return false;
+      return true;
+    default: return true;
+  }
+}
+
 }  // namespace
 
 std::array<std::byte, kHeaderSize> encode_header(const FrameHeader& h) {
@@ -51,18 +89,29 @@ Result<FrameHeader> decode_header(std::span<const std::byte, kHeaderSize> b) {
   return h;
 }
 
-std::vector<std::byte> encode(const wire::BodyUnion& body, std::uint32_t request_id) {
-  flatbuffers::FlatBufferBuilder fbb(256);
-  auto off = wire::CreateMessage(fbb, body.type, body.Pack(fbb));
-  fbb.Finish(off);
+void frame_into(std::vector<std::byte>& out, flatbuffers::FlatBufferBuilder& fbb, wire::Body type,
+                std::uint32_t request_id) {
   FrameHeader h;
-  h.type = static_cast<std::uint16_t>(body.type);
+  h.type = static_cast<std::uint16_t>(type);
   h.length = fbb.GetSize();
   h.request_id = request_id;
-  std::vector<std::byte> out(kHeaderSize + fbb.GetSize());
+  out.resize(kHeaderSize + fbb.GetSize());
   auto hdr = encode_header(h);
   std::memcpy(out.data(), hdr.data(), kHeaderSize);
   std::memcpy(out.data() + kHeaderSize, fbb.GetBufferPointer(), fbb.GetSize());
+}
+
+void encode_into(std::vector<std::byte>& out, flatbuffers::FlatBufferBuilder& fbb, const wire::BodyUnion& body,
+                 std::uint32_t request_id) {
+  fbb.Clear();
+  fbb.Finish(wire::CreateMessage(fbb, body.type, body.Pack(fbb)));
+  frame_into(out, fbb, body.type, request_id);
+}
+
+std::vector<std::byte> encode(const wire::BodyUnion& body, std::uint32_t request_id) {
+  flatbuffers::FlatBufferBuilder fbb(256);
+  std::vector<std::byte> out;
+  encode_into(out, fbb, body, request_id);
   return out;
 }
 
@@ -81,7 +130,8 @@ std::vector<std::byte> encode_version_mismatch(std::uint16_t peer_version, std::
   return out;
 }
 
-Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<const std::byte> payload) {
+Result<const wire::Message*> verify(const FrameHeader& header, std::span<const std::byte> payload,
+                                    std::vector<std::uint64_t>& scratch) {
   if (header.version != kVersion)
     return Error{Errc::version_mismatch, "protocol version mismatch: peer speaks version " +
                                              std::to_string(header.version) + ", this side speaks version " +
@@ -91,11 +141,10 @@ Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<con
     return proto_error("unknown message type " + std::to_string(header.type));
   // FlatBuffers needs its buffer aligned for scalar reads: copy when it is not.
   const auto* data = reinterpret_cast<const std::uint8_t*>(payload.data());
-  std::vector<std::uint64_t> aligned;
   if (reinterpret_cast<std::uintptr_t>(data) % alignof(std::uint64_t) != 0) {
-    aligned.resize((payload.size() + 7) / 8);
-    std::memcpy(aligned.data(), payload.data(), payload.size());
-    data = reinterpret_cast<const std::uint8_t*>(aligned.data());
+    scratch.resize((payload.size() + 7) / 8);
+    std::memcpy(scratch.data(), payload.data(), payload.size());
+    data = reinterpret_cast<const std::uint8_t*>(scratch.data());
   }
   flatbuffers::Verifier verifier(data, payload.size(), /*max_depth=*/16, kMaxTables);
   if (!wire::VerifyMessageBuffer(verifier)) return proto_error("payload failed FlatBuffers verification");
@@ -104,7 +153,15 @@ Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<con
     return proto_error("frame type " + std::to_string(header.type) + " differs from the payload's type " +
                        std::to_string(static_cast<unsigned>(msg->body_type())));
   if (msg->body() == nullptr) return proto_error("message has no body");
-  return std::unique_ptr<Message>(msg->UnPack());
+  if (!vectors_aligned(*msg)) return proto_error("payload holds a misaligned vector of 64-bit integers");
+  return msg;
+}
+
+Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<const std::byte> payload) {
+  std::vector<std::uint64_t> scratch;
+  auto view = verify(header, payload, scratch);
+  if (!view) return std::move(view).error();
+  return std::unique_ptr<Message>((*view)->UnPack());
 }
 
 wire::ErrorReplyT make_error(const Error& e) {
@@ -121,11 +178,13 @@ const char* type_name(std::uint16_t type) noexcept {
 }
 
 std::vector<std::int64_t> c_strides(std::span<const std::int64_t> shape) {
+  // Unsigned arithmetic: a shape that check_layout() refuses (its element
+  // count overflows) gives meaningless strides here, never undefined behaviour.
   std::vector<std::int64_t> s(shape.size());
-  std::int64_t acc = 1;
+  std::uint64_t acc = 1;
   for (std::size_t i = shape.size(); i-- > 0;) {
-    s[i] = acc;
-    acc *= shape[i] > 0 ? shape[i] : 1;
+    s[i] = static_cast<std::int64_t>(acc);
+    acc *= shape[i] > 0 ? static_cast<std::uint64_t>(shape[i]) : 1u;
   }
   return s;
 }
@@ -150,15 +209,23 @@ Result<std::uint64_t> check_layout(DType dtype, std::span<const std::int64_t> sh
                    "dimension " + std::to_string(i) + " is negative (" + std::to_string(shape[i]) + ")"};
     if (shape[i] == 0) empty = true;
   }
-  // Byte span: for dense (or given) strides, 1 + sum((dim-1)*|stride|) elements.
-  auto cs = c_strides(shape);
-  std::span<const std::int64_t> st = strides.empty() ? std::span<const std::int64_t>(cs) : strides;
   if (empty) return std::uint64_t{0};
+  // Byte span: 1 + sum((dim-1)*stride) elements; for C order that is the
+  // element count, computed here without c_strides() so that it cannot overflow.
   u128 last = 0;  // index of the last element reached
-  for (std::size_t i = 0; i < shape.size(); ++i) {
-    if (st[i] < 0)
+  if (strides.empty()) {
+    u128 count = 1;
+    for (std::int64_t d : shape) {
+      count *= static_cast<std::uint64_t>(d);
+      if (count > std::numeric_limits<std::uint64_t>::max() / 16)
+        return Error{Errc::invalid_argument, "shape's byte size overflows 64 bits"};
+    }
+    last = count - 1;
+  }
+  for (std::size_t i = 0; i < strides.size(); ++i) {
+    if (strides[i] < 0)
       return Error{Errc::invalid_argument, "negative strides are not supported (dimension " + std::to_string(i) + ")"};
-    last += static_cast<u128>(shape[i] - 1) * static_cast<std::uint64_t>(st[i]);
+    last += static_cast<u128>(shape[i] - 1) * static_cast<std::uint64_t>(strides[i]);
     if (last > std::numeric_limits<std::uint64_t>::max() / 16)
       return Error{Errc::invalid_argument, "shape's byte size overflows 64 bits"};
   }

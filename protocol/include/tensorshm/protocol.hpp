@@ -72,6 +72,18 @@ std::vector<std::byte> encode_version_mismatch(std::uint16_t peer_version, std::
 /// failure is Errc::protocol_error with a message saying what was wrong.
 Result<std::unique_ptr<Message>> decode(const FrameHeader& header, std::span<const std::byte> payload);
 
+/// The allocation-free forms used on the hot path (get, release):
+/// verify() checks a payload exactly like decode() but returns a view into it
+/// (valid while the payload bytes live; a misaligned payload is copied into
+/// `scratch` first), and encode_into() reuses a builder and an output buffer.
+Result<const wire::Message*> verify(const FrameHeader& header, std::span<const std::byte> payload,
+                                    std::vector<std::uint64_t>& scratch);
+void encode_into(std::vector<std::byte>& out, flatbuffers::FlatBufferBuilder& fbb, const wire::BodyUnion& body,
+                 std::uint32_t request_id);
+/// Frames a builder that holds a finished Message of the given type.
+void frame_into(std::vector<std::byte>& out, flatbuffers::FlatBufferBuilder& fbb, wire::Body type,
+                std::uint32_t request_id);
+
 /// Builds the reply for an error.
 wire::ErrorReplyT make_error(const Error& e);
 
