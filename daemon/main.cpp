@@ -6,7 +6,9 @@
 #include <unistd.h>
 
 #include <cstdio>
+#include <csignal>
 #include <iostream>
+#include <sstream>
 
 #include "asio.hpp"
 #include "config.hpp"
@@ -54,6 +56,9 @@ int serve(const Config& config) {
               config.pool_size, " bytes, ", server.cuda_devices(), " GPU(s)");
   sm.ready();
   io.run();
+  // Teardown unlinks the segments: a second SIGTERM/SIGINT must not cut it short.
+  std::signal(SIGTERM, SIG_IGN);
+  std::signal(SIGINT, SIG_IGN);
   engine.reset();
   log::notice("tensorshmd stopped; all segments removed");
   return 0;
@@ -73,6 +78,8 @@ int main(int argc, char** argv) {
     return 0;
   }
   log::set_level(config->log_level);
-  log::info("configuration:\n", describe(*config));
+  // One line per key, each with its own priority prefix for journald.
+  std::istringstream lines(describe(*config));
+  for (std::string line; std::getline(lines, line);) log::info("config: ", line);
   return serve(*config);
 }

@@ -57,7 +57,7 @@ ObjectInfo to_info(const wire::ObjectDesc& d) {
 }
 
 Result<std::shared_ptr<Connection>> Connection::open(Client::Options options) {
-  if (options.socket_path.empty()) options.socket_path = default_socket_path();
+  if (options.socket_path.empty()) options.socket_path = default_client_socket_path();
   std::shared_ptr<Connection> c(new Connection(std::move(options)));
   auto lk = c->lock();
   TSHM_TRY(c->connect_locked());

@@ -559,7 +559,7 @@ NB_MODULE(_tensorshm, m) {
         "Installs the exception class raised for each errc name (tensorshm._errors does this at import).");
   m.def("errc_names", &errc_names, "The errc names, indexed by code.");
   m.def("raise_errc", &raise_errc, "code"_a, "message"_a, "Raises what a libtensorshm failure with this code becomes.");
-  m.def("default_socket_path", &default_socket_path,
+  m.def("default_socket_path", &default_client_socket_path,
         "$TENSORSHM_SOCKET, else the daemon's default socket path for this user.");
   m.def("cuda_supported", &cuda_supported, "True when this build can hand GPU memory to tensorshmd.");
   m.def(

@@ -190,7 +190,8 @@ class Buffer {
 class Client {
  public:
   struct Options {
-    /// Empty: default_socket_path() ($TENSORSHM_SOCKET, $XDG_RUNTIME_DIR, ...).
+    /// Empty: default_client_socket_path() ($TENSORSHM_SOCKET, $XDG_RUNTIME_DIR,
+    /// /run/tensorshm/tensorshmd.sock; see tensorshm/paths.hpp).
     std::string socket_path;
     /// Shown in the daemon's log.
     std::string client_name;

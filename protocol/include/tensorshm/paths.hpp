@@ -12,4 +12,9 @@ namespace tensorshm {
 /// /tmp/tensorshm-<uid>/tensorshmd.sock.
 std::string default_socket_path();
 
+/// What clients connect to by default: default_socket_path(), except that a
+/// non-root user whose per-user socket does not exist falls back to the system
+/// service's /run/tensorshm/tensorshmd.sock when that exists.
+std::string default_client_socket_path();
+
 }  // namespace tensorshm
