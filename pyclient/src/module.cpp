@@ -15,6 +15,8 @@
 //    (read-only) and DLPack; a Buffer does the same for an open create.
 #include <nanobind/nanobind.h>
 #include <nanobind/ndarray.h>
+#include <nanobind/stl/optional.h>
+#include <nanobind/stl/pair.h>
 #include <nanobind/stl/string.h>
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
@@ -560,7 +562,8 @@ NB_MODULE(_tensorshm, m) {
   m.def("errc_names", &errc_names, "The errc names, indexed by code.");
   m.def("raise_errc", &raise_errc, "code"_a, "message"_a, "Raises what a libtensorshm failure with this code becomes.");
   m.def("default_socket_path", &default_client_socket_path,
-        "$TENSORSHM_SOCKET, else the daemon's default socket path for this user.");
+        "The socket a client connects to by default ($TENSORSHM_SOCKET, else the daemon's default path for "
+        "this user, else the system service's).");
   m.def("cuda_supported", &cuda_supported, "True when this build can hand GPU memory to tensorshmd.");
   m.def(
       "dtype_name",
@@ -568,10 +571,10 @@ NB_MODULE(_tensorshm, m) {
       "code"_a, "bits"_a, "The canonical name of a DLPack (code, bits) dtype.");
   m.def(
       "dtype_from_name",
-      [](const std::string& name) -> nb::object {
+      [](const std::string& name) -> std::optional<std::pair<int, int>> {
         auto t = dtype_from_name(name);
-        if (!t || !dtype_supported(*t)) return nb::none();
-        return nb::make_tuple(t->code, t->bits);
+        if (!t || !dtype_supported(*t)) return std::nullopt;
+        return std::pair<int, int>{t->code, t->bits};
       },
       "name"_a, "(code, bits) of a dtype name such as 'float32' or 'bfloat16'; None when unknown.");
 

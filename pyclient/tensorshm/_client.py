@@ -600,7 +600,8 @@ def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = 
 
     ``socket``: the daemon's socket; by default ``$TENSORSHM_SOCKET``, else the
     daemon's own default (``$XDG_RUNTIME_DIR/tensorshm/tensorshmd.sock``,
-    ``/run/tensorshm/tensorshmd.sock`` for root, ``/tmp/tensorshm-<uid>/...``).
+    ``/run/tensorshm/tensorshmd.sock`` for root, ``/tmp/tensorshm-<uid>/...``),
+    else the system service's socket (see :func:`default_socket_path`).
     ``name``: shown in the daemon's log. Raises DaemonUnreachable (naming the
     socket tried and how to start the daemon) or VersionMismatch. The Client
     is also a context manager that closes it.
