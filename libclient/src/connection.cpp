@@ -142,8 +142,11 @@ Error Connection::lost(const Error& why) {
   disconnect_locked();
   broken_ = true;
   if (why.code == Errc::daemon_unreachable) return why;
-  return Error{Errc::daemon_unreachable, "connection to tensorshmd at '" + options_.socket_path +
-                                             "' lost: " + why.message + "; the next call reconnects"};
+  // A peer that breaks the protocol is reported as such; anything else is a lost daemon.
+  const Errc code = why.code == Errc::protocol_error || why.code == Errc::version_mismatch ? why.code
+                                                                                          : Errc::daemon_unreachable;
+  return Error{code, "connection to tensorshmd at '" + options_.socket_path + "' lost: " + why.message +
+                         "; the next call reconnects"};
 }
 
 Status Connection::ensure_connected_locked() {
