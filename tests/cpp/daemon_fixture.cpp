@@ -5,6 +5,7 @@
 #include <fcntl.h>
 #include <poll.h>
 #include <signal.h>
+#include <sys/prctl.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
 #include <sys/un.h>
@@ -109,9 +110,14 @@ Process Process::spawn(const Spec& spec) {
     file = ::open(spec.output_file.c_str(), O_WRONLY | O_CREAT | O_APPEND | O_CLOEXEC, 0644);
     REQUIRE(file >= 0);
   }
+  const pid_t parent = ::getpid();
   const pid_t pid = ::fork();
   REQUIRE(pid >= 0);
   if (pid == 0) {
+    // A test process that dies (a CTest timeout kills it) takes its children
+    // along; SIGTERM lets a daemon remove its segments on the way out.
+    ::prctl(PR_SET_PDEATHSIG, SIGTERM);
+    if (::getppid() != parent) ::_exit(126);
     rlimit no_core{0, 0};
     ::setrlimit(RLIMIT_CORE, &no_core);  // expected crashes (SIGSEGV tests) leave no core file
     ::dup2(in[0], STDIN_FILENO);
