@@ -2,6 +2,7 @@
 #include "server.hpp"
 
 #include <grp.h>
+#include <malloc.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
 #include <sys/un.h>
@@ -145,6 +146,9 @@ void Server::stop() {
 void Server::forget(std::uint64_t session_id, std::uint32_t uid) {
   sessions_.erase(session_id);
   if (auto it = per_uid_.find(uid); it != per_uid_.end() && --it->second == 0) per_uid_.erase(it);
+  // The last client left: give the heap that many connections grew back to
+  // the system, so that an idle daemon returns to its idle footprint.
+  if (sessions_.empty()) ::malloc_trim(0);
 }
 
 awaitable<void> Server::accept_loop() {

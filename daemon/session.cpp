@@ -105,8 +105,8 @@ awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::span<const st
     rbegin_ = rend_ = 0;
     // Give memory back after an unusually large frame (the previous payload
     // is no longer in use).
-    if (rbuf_.size() > 64 * 1024) {
-      rbuf_.resize(64 * 1024);
+    if (rbuf_.size() > kReadBuffer) {
+      rbuf_.resize(kReadBuffer);
       rbuf_.shrink_to_fit();
     }
   }

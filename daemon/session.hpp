@@ -22,6 +22,9 @@ class Server;
 
 class Session : public std::enable_shared_from_this<Session> {
  public:
+  /// Bytes read ahead per connection; larger frames grow it for their time.
+  static constexpr std::size_t kReadBuffer = 8 * 1024;
+
   Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred, bool refuse_reason_set,
           Error refuse_reason);
   ~Session();
@@ -90,7 +93,7 @@ class Session : public std::enable_shared_from_this<Session> {
   bool said_hello_ = false;
   bool peer_gone_ = false;
   asio::steady_timer write_timer_;
-  std::vector<std::byte> rbuf_ = std::vector<std::byte>(64 * 1024);
+  std::vector<std::byte> rbuf_ = std::vector<std::byte>(kReadBuffer);
   std::vector<std::byte> wbuf_;                 // the reply being sent
   std::vector<std::uint64_t> scratch_;          // realigned payloads
   flatbuffers::FlatBufferBuilder fbb_{1024};    // reused for every reply
