@@ -108,8 +108,8 @@ def effective_configuration(tensorshmd, daemons, tmp_path, instance, *extra):
                        "--pool-size", "4M", "--log-level", "info"], log)
     wait_for(lambda: "ready" in d.log() or d.proc.poll() is not None, "the daemon to start")
     assert d.terminate() == 0, d.log()
-    log = d.log()
-    return log[log.index("configuration:"):log.index("\n\n")]
+    # The daemon logs one "config: key = value" line per key.
+    return "\n".join(line.split("config: ", 1)[1] for line in d.log().splitlines() if "config: " in line)
 
 
 def test_the_config_file_states_exactly_the_built_in_defaults(tensorshmd, daemons, instance, tmp_path):

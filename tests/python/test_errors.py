@@ -156,10 +156,10 @@ def test_a_daemon_of_another_protocol_version_raises_version_mismatch(tmp_path):
     t.join()
 
 
-def test_a_peer_that_is_not_tensorshmd_is_reported_as_unreachable(tmp_path):
+def test_a_peer_that_is_not_tensorshmd_is_reported_as_a_protocol_error(tmp_path):
     path = str(tmp_path / "http.sock")
     t = fake_daemon(path, lambda rid: b"HTTP/1.1 400 Bad Request\r\n\r\n")
-    with pytest.raises(tensorshm.DaemonUnreachable, match="magic"):
+    with pytest.raises(tensorshm.ProtocolError, match="magic"):
         tensorshm.connect(path)
     t.join()
 
