@@ -1,0 +1,502 @@
+// The copy engine's logic, independent of how CUDA is reached: device
+// lookup by uuid, pinning in chunks, the per-connection handle caches and
+// streams, the order of the calls for one put (open handles, wait on the
+// producer's event, copy, completion callback) and the bookkeeping that
+// closes handles only when no copy uses them. Completions arrive on CUDA's
+// threads and are posted to the io_context; nothing here waits for the GPU
+// except the helper thread that copies into memory CUDA could not pin.
+#include "cuda_copy_engine.hpp"
+
+#include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <deque>
+#include <mutex>
+#include <thread>
+
+#include "asio.hpp"
+#include "log.hpp"
+#include "pool.hpp"
+#include "segment.hpp"
+
+namespace tensorshm::daemon {
+
+// ---- HandleCache ------------------------------------------------------------
+
+HandleCache::Entry* HandleCache::find(const IpcBytes& key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return nullptr;
+  order_.splice(order_.begin(), order_, it->second);
+  return &*it->second;
+}
+
+HandleCache::Entry& HandleCache::insert(const IpcBytes& key, int device, void* ptr) {
+  order_.push_front(Entry{key, device, ptr, 0, false});
+  index_[key] = order_.begin();
+  return order_.front();
+}
+
+std::optional<HandleCache::Entry> HandleCache::forget(const IpcBytes& key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return std::nullopt;
+  if (it->second->busy > 0) {
+    it->second->doomed = true;
+    return std::nullopt;
+  }
+  Entry e = *it->second;
+  order_.erase(it->second);
+  index_.erase(it);
+  return e;
+}
+
+std::optional<HandleCache::Entry> HandleCache::release(const IpcBytes& key) {
+  auto it = index_.find(key);
+  if (it == index_.end()) return std::nullopt;
+  Entry& e = *it->second;
+  if (e.busy > 0) --e.busy;
+  if (e.busy > 0 || !e.doomed) return std::nullopt;
+  Entry out = e;
+  order_.erase(it->second);
+  index_.erase(it);
+  return out;
+}
+
+std::vector<HandleCache::Entry> HandleCache::trim(std::size_t capacity) {
+  std::vector<Entry> out;
+  if (order_.empty()) return out;
+  // The most recently used entry (the one just opened) always stays.
+  for (auto it = order_.end(); order_.size() > capacity && --it != order_.begin();) {
+    if (it->busy > 0) continue;
+    out.push_back(*it);
+    index_.erase(it->key);
+    it = order_.erase(it);
+  }
+  return out;
+}
+
+std::vector<HandleCache::Entry> HandleCache::take_all() {
+  std::vector<Entry> out(order_.begin(), order_.end());
+  order_.clear();
+  index_.clear();
+  return out;
+}
+
+// ---- BlockingWorker ---------------------------------------------------------
+
+/// One helper thread for the calls that block until the GPU is done (copies
+/// into memory that could not be pinned). Jobs run in order.
+class BlockingWorker {
+ public:
+  BlockingWorker() : thread_([this] { loop(); }) {}
+  ~BlockingWorker() {
+    {
+      std::lock_guard lk(mu_);
+      stop_ = true;
+    }
+    cv_.notify_all();
+    thread_.join();
+  }
+  void run(std::function<void()> job) {
+    {
+      std::lock_guard lk(mu_);
+      jobs_.push_back(std::move(job));
+    }
+    cv_.notify_all();
+  }
+
+ private:
+  void loop() {
+    for (;;) {
+      std::function<void()> job;
+      {
+        std::unique_lock lk(mu_);
+        cv_.wait(lk, [&] { return stop_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // stop_ and drained
+        job = std::move(jobs_.front());
+        jobs_.pop_front();
+      }
+      job();
+    }
+  }
+  std::mutex mu_;
+  std::condition_variable cv_;
+  std::deque<std::function<void()>> jobs_;
+  bool stop_ = false;
+  std::thread thread_;
+};
+
+// ---- CudaCopyEngine ---------------------------------------------------------
+
+namespace {
+
+bool all_zero(const auto& bytes) {
+  for (auto b : bytes)
+    if (b != 0) return false;
+  return true;
+}
+
+double ms_since(std::chrono::steady_clock::time_point t0) {
+  return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
+}
+
+}  // namespace
+
+std::string format_uuid(const DeviceUuid& u) {
+  char s[64];
+  std::snprintf(s, sizeof s, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
+                u[2], u[3], u[4], u[5], u[6], u[7], u[8], u[9], u[10], u[11], u[12], u[13], u[14], u[15]);
+  return s;
+}
+
+CudaCopyEngine::CudaCopyEngine(std::shared_ptr<CudaApi> api, asio::io_context& io, Options options)
+    : api_(std::move(api)), io_(io), options_(options) {}
+
+Result<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::create(std::shared_ptr<CudaApi> api, asio::io_context& io,
+                                                               Options options) {
+  auto count = api->device_count();
+  if (!count) return std::move(count).error();
+  if (*count == 0) return Error{Errc::no_gpu, "the CUDA driver reports no device"};
+  std::unique_ptr<CudaCopyEngine> e(new CudaCopyEngine(std::move(api), io, options));
+  for (int i = 0; i < *count; ++i) {
+    auto uuid = e->api_->device_uuid(i);
+    if (!uuid) return std::move(uuid).error();
+    e->devices_.push_back(Device{i, *uuid, e->api_->device_name(i), {}});
+    log::notice("CUDA device ", i, ": ", e->devices_.back().name, " (", format_uuid(*uuid), ")");
+  }
+  return e;
+}
+
+CudaCopyEngine::~CudaCopyEngine() {
+  if (pool_ != nullptr) {
+    pool_->on_segment_added = nullptr;
+    pool_->on_segment_removed = nullptr;
+  }
+  // Let the copies in flight finish, for a bounded time: a stream waiting on
+  // the event of a producer that died before its work ran may never drain.
+  if (!copies_.empty()) log::notice("copy engine stopping: waiting for ", copies_.size(), " copy(ies) in flight");
+  const auto give_up = std::chrono::steady_clock::now() + options_.shutdown_patience;
+  std::size_t stuck = 0;
+  for (auto& [id, s] : sessions_)
+    for (auto [dev, stream] : s.streams)
+      for (;;) {
+        auto done = api_->stream_done(dev, stream);
+        if (!done || *done) break;
+        if (std::chrono::steady_clock::now() >= give_up) {
+          ++stuck;
+          break;
+        }
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+  alive_.reset();  // completions posted from now on are dropped
+  if (stuck > 0) {
+    // Closing handles or unpinning memory a DMA may still target is unsafe;
+    // the process is exiting, which releases everything anyway.
+    log::warning("copy engine stopping with ", stuck, " stream(s) still waiting on a producer's event; "
+                 "leaving their CUDA resources to process exit");
+    worker_.release();  // its thread may be blocked in such a copy; never joined
+    return;
+  }
+  worker_.reset();  // finishes its jobs first
+  for (auto& [id, s] : sessions_) {
+    for (const auto& e : s.mems.take_all()) close_mem(e);
+    for (const auto& e : s.events.take_all()) close_event(e);
+    for (auto [dev, stream] : s.streams) (void)api_->destroy_stream(dev, stream);
+  }
+  for (auto& d : devices_)
+    for (void* stream : d.idle_streams) (void)api_->destroy_stream(d.ordinal, stream);
+  for (auto& [id, r] : regions_) unpin(r);
+}
+
+void CudaCopyEngine::attach(Pool& pool) {
+  pool_ = &pool;
+  const auto t0 = std::chrono::steady_clock::now();
+  std::uint64_t bytes = 0;
+  std::size_t pinned = 0;
+  for (const Segment* s : pool.pool_segments()) {
+    add_region(s->id(), s->base(), s->size(), "segment " + s->name());
+    bytes += s->size();
+    pinned += region_pinned(s->id()) ? 1 : 0;
+  }
+  log::notice("pinned ", pinned, " of ", pool.pool_segments().size(), " pool segment(s), ", bytes, " bytes, in ",
+              ms_since(t0), " ms (cudaHostRegister in chunks of at most ", options_.pin_chunk, " bytes)");
+  pool.on_segment_added = [this](const Segment& s) {
+    add_region(s.id(), s.base(), s.size(), "dedicated segment " + s.name());
+  };
+  pool.on_segment_removed = [this](const Segment& s) { remove_region(s.id()); };
+}
+
+void CudaCopyEngine::add_region(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what) {
+  Region r{id, base, bytes, true, {}, what};
+  const auto t0 = std::chrono::steady_clock::now();
+  for (std::uint64_t off = 0; off < bytes; off += options_.pin_chunk) {
+    const std::uint64_t n = std::min(options_.pin_chunk, bytes - off);
+    auto st = api_->register_host(base + off, n, what);
+    if (!st) {
+      log::warning("could not pin ", what, " (", bytes, " bytes): ", st.error().message,
+                   "; copies into it run unpinned, at about half the speed, on a helper thread");
+      unpin(r);
+      r.pinned = false;
+      break;
+    }
+    r.chunks.emplace_back(base + off, n);
+  }
+  if (r.pinned) log::info("pinned ", what, ": ", bytes, " bytes in ", r.chunks.size(), " chunk(s), ", ms_since(t0), " ms");
+  regions_[id] = std::move(r);
+}
+
+void CudaCopyEngine::remove_region(std::uint32_t id) {
+  auto it = regions_.find(id);
+  if (it == regions_.end()) return;
+  unpin(it->second);
+  regions_.erase(it);
+}
+
+void CudaCopyEngine::unpin(Region& r) {
+  for (auto [p, n] : r.chunks)
+    if (auto st = api_->unregister_host(p, r.what); !st) log::warning("unpinning ", r.what, ": ", st.error().message);
+  r.chunks.clear();
+}
+
+bool CudaCopyEngine::region_pinned(std::uint32_t id) const {
+  auto it = regions_.find(id);
+  return it != regions_.end() && it->second.pinned;
+}
+
+std::size_t CudaCopyEngine::cached_handles(std::uint64_t session) const {
+  auto it = sessions_.find(session);
+  return it == sessions_.end() ? 0 : it->second.mems.size();
+}
+
+std::size_t CudaCopyEngine::cached_events(std::uint64_t session) const {
+  auto it = sessions_.find(session);
+  return it == sessions_.end() ? 0 : it->second.events.size();
+}
+
+// ---- one put ----------------------------------------------------------------
+
+void CudaCopyEngine::submit(Request request, Done done) {
+  const std::string object = "put '" + request.object_name + "'";
+  if (auto st = start(request, object, done); !st) {
+    log::warning(st.error().message);
+    post_done(std::move(done), std::move(st));
+  }
+}
+
+Status CudaCopyEngine::start(Request& r, const std::string& object, Done& done) {
+  if (r.nbytes == 0) {  // an empty tensor: nothing to wait for or copy
+    post_done(std::move(done), ok_status());
+    return ok_status();
+  }
+  auto dev = device_for(r, object);
+  if (!dev) return std::move(dev).error();
+  const Region* region = region_for(r.dst, r.nbytes);
+  if (region == nullptr)
+    return Error{Errc::internal, object + ": the destination is not inside a pool segment the engine knows"};
+  if (all_zero(r.mem_handle))
+    return Error{Errc::invalid_argument, object + ": the CUDA memory handle is all zeros"};
+
+  SessionState& s = sessions_[r.session];
+  auto stream = stream_for(s, **dev, object);
+  if (!stream) return std::move(stream).error();
+  auto mem = open_mem(s, r.mem_handle, (*dev)->ordinal, object);
+  if (!mem) return std::move(mem).error();
+  const int device = (*dev)->ordinal;
+  const bool has_event = !all_zero(r.event_handle);
+  void* event = nullptr;
+  if (has_event) {
+    auto ev = open_event(s, r.event_handle, device, object);
+    if (!ev) return std::move(ev).error();
+    event = (*ev)->ptr;
+    if (auto st = api_->wait_event(device, *stream, event, object); !st) return st;
+  }
+  // From here on the copy is queued (or about to be): the handles it uses stay
+  // open until finish() runs.
+  const std::uint64_t id = next_copy_++;
+  (*mem)->busy++;
+  if (has_event) s.events.find(r.event_handle)->busy++;
+  s.in_flight++;
+  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt,
+                     std::move(done), object};
+  const auto* src = static_cast<const std::byte*>((*mem)->ptr) + r.alloc_offset;
+  auto pieces = split(*region, r.dst, src, r.nbytes);
+
+  if (!region->pinned) {
+    // Into pageable memory cudaMemcpyAsync returns only when the copy is
+    // done: keep that wait off the io thread.
+    if (!worker_) worker_ = std::make_unique<BlockingWorker>();
+    worker_->run([this, api = api_.get(), device, st = *stream, pieces, id, object] {
+      Status status = ok_status();
+      for (const auto& p : pieces)
+        if (!(status = api->copy_to_host(device, st, p.dst, p.src, p.bytes, object))) break;
+      post_finish(io_, alive_, this, id, std::move(status));
+    });
+    return ok_status();
+  }
+  Status issued = ok_status();
+  for (const auto& p : pieces)
+    if (!(issued = api_->copy_to_host(device, *stream, p.dst, p.src, p.bytes, object))) break;
+  // Even when a piece could not be queued, the ones before it were: the
+  // handles stay in use until the stream passes them.
+  auto queued = api_->when_done(
+      device, *stream,
+      [io = &io_, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
+        post_finish(*io, alive, engine, id, issued ? std::move(st) : issued);
+      },
+      object);
+  if (!queued) post_finish(io_, alive_, this, id, issued ? std::move(queued) : issued);
+  return ok_status();
+}
+
+Result<CudaCopyEngine::Device*> CudaCopyEngine::device_for(const Request& r, const std::string& object) {
+  if (all_zero(r.device_uuid)) {
+    if (r.device >= 0 && r.device < device_count()) return &devices_[static_cast<std::size_t>(r.device)];
+    return Error{Errc::cuda_error, object + ": the producer names device " + std::to_string(r.device) +
+                                       " without a uuid, and this daemon has " + std::to_string(device_count()) +
+                                       " device(s)"};
+  }
+  for (auto& d : devices_)
+    if (d.uuid == r.device_uuid) return &d;
+  std::string seen;
+  for (const auto& d : devices_) seen += (seen.empty() ? "" : ", ") + format_uuid(d.uuid) + " (" + d.name + ")";
+  return Error{Errc::cuda_error, object + ": the data is on GPU " + format_uuid(r.device_uuid) +
+                                     ", which this daemon cannot see (it sees " + seen +
+                                     "); start tensorshmd with that GPU visible (check CUDA_VISIBLE_DEVICES)"};
+}
+
+const CudaCopyEngine::Region* CudaCopyEngine::region_for(const void* dst, std::uint64_t bytes) const {
+  const auto* p = static_cast<const std::byte*>(dst);
+  for (const auto& [id, r] : regions_)
+    if (p >= r.base && p + bytes <= r.base + r.bytes) return &r;
+  return nullptr;
+}
+
+Result<void*> CudaCopyEngine::stream_for(SessionState& s, Device& d, const std::string& object) {
+  if (auto it = s.streams.find(d.ordinal); it != s.streams.end()) return it->second;
+  void* stream = nullptr;
+  if (!d.idle_streams.empty()) {
+    stream = d.idle_streams.back();
+    d.idle_streams.pop_back();
+  } else {
+    auto made = api_->create_stream(d.ordinal);
+    if (!made) return Error{made.error().code, object + ": " + made.error().message};
+    stream = *made;
+  }
+  s.streams[d.ordinal] = stream;
+  return stream;
+}
+
+Result<HandleCache::Entry*> CudaCopyEngine::open_mem(SessionState& s, const IpcBytes& key, int device,
+                                                     const std::string& object) {
+  if (auto* e = s.mems.find(key)) return e;
+  auto base = api_->open_mem_handle(device, key, object);
+  if (!base)
+    return Error{base.error().code, object + ": the producer's CUDA memory handle could not be opened: " +
+                                         base.error().message +
+                                         ". It must come from cudaIpcGetMemHandle in a live process, for memory "
+                                         "from cudaMalloc (not cudaMallocAsync pools or cuMemCreate)"};
+  auto& e = s.mems.insert(key, device, *base);
+  for (const auto& old : s.mems.trim(mem_capacity())) close_mem(old);
+  return &e;
+}
+
+Result<HandleCache::Entry*> CudaCopyEngine::open_event(SessionState& s, const IpcBytes& key, int device,
+                                                       const std::string& object) {
+  if (auto* e = s.events.find(key)) return e;
+  auto ev = api_->open_event_handle(device, key, object);
+  if (!ev)
+    return Error{ev.error().code, object + ": the producer's CUDA event handle could not be opened: " +
+                                       ev.error().message +
+                                       ". It must come from cudaIpcGetEventHandle of an event created with "
+                                       "cudaEventInterprocess | cudaEventDisableTiming"};
+  auto& e = s.events.insert(key, device, *ev);
+  for (const auto& old : s.events.trim(event_capacity())) close_event(old);
+  return &e;
+}
+
+std::vector<CudaCopyEngine::Piece> CudaCopyEngine::split(const Region& region, void* dst, const void* src,
+                                                         std::uint64_t bytes) const {
+  // One cudaMemcpyAsync per registered chunk the destination touches: a copy
+  // must not straddle two separately registered ranges.
+  std::vector<Piece> out;
+  auto* d = static_cast<std::byte*>(dst);
+  const auto* sp = static_cast<const std::byte*>(src);
+  const std::uint64_t chunk = region.pinned ? options_.pin_chunk : bytes;
+  while (bytes > 0) {
+    const auto off = static_cast<std::uint64_t>(d - region.base);
+    const std::uint64_t room = chunk - off % chunk;
+    const std::uint64_t n = std::min(bytes, room);
+    out.push_back(Piece{d, sp, n});
+    d += n;
+    sp += n;
+    bytes -= n;
+  }
+  return out;
+}
+
+// ---- completions ------------------------------------------------------------
+
+void CudaCopyEngine::post_done(Done done, Status status) {
+  asio::post(io_, [done = std::move(done), status = std::move(status)]() mutable { done(std::move(status)); });
+}
+
+void CudaCopyEngine::post_finish(asio::io_context& io, std::weak_ptr<int> alive, CudaCopyEngine* engine,
+                                 std::uint64_t copy_id, Status status) {
+  // Runs on CUDA's callback thread or the helper thread: it only posts, and
+  // the engine is touched on the io thread once it is known to be alive.
+  asio::post(io, [alive = std::move(alive), engine, copy_id, status = std::move(status)]() mutable {
+    if (!alive.expired()) engine->finish(copy_id, std::move(status));
+  });
+}
+
+void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
+  auto node = copies_.extract(copy_id);
+  if (node.empty()) return;
+  Copy& c = node.mapped();
+  SessionState& s = sessions_.at(c.session);
+  if (auto doomed = s.mems.release(c.mem_key)) close_mem(*doomed);
+  if (c.event_key)
+    if (auto doomed = s.events.release(*c.event_key)) close_event(*doomed);
+  --s.in_flight;
+  for (const auto& old : s.mems.trim(mem_capacity())) close_mem(old);
+  for (const auto& old : s.events.trim(event_capacity())) close_event(old);
+  if (!status) {
+    status = Error{status.error().code, c.object + ": the device-to-host copy failed: " + status.error().message};
+    log::warning(status.error().message);
+  }
+  if (s.closed && s.in_flight == 0) drop_session(c.session);
+  c.done(std::move(status));
+}
+
+void CudaCopyEngine::forget_handle(std::uint64_t session, const std::array<std::uint8_t, 64>& handle) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  if (auto idle = it->second.mems.forget(handle)) close_mem(*idle);
+}
+
+void CudaCopyEngine::session_closed(std::uint64_t session) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  it->second.closed = true;
+  if (it->second.in_flight == 0) drop_session(session);
+  else log::info("session ", session, " left with ", it->second.in_flight,
+                 " GPU copy(ies) in flight; its CUDA handles close when they finish");
+}
+
+void CudaCopyEngine::drop_session(std::uint64_t session) {
+  auto it = sessions_.find(session);
+  if (it == sessions_.end()) return;
+  for (const auto& e : it->second.mems.take_all()) close_mem(e);
+  for (const auto& e : it->second.events.take_all()) close_event(e);
+  for (auto [dev, stream] : it->second.streams) devices_[static_cast<std::size_t>(dev)].idle_streams.push_back(stream);
+  sessions_.erase(it);
+}
+
+void CudaCopyEngine::close_mem(const HandleCache::Entry& e) {
+  if (auto st = api_->close_mem_handle(e.device, e.ptr); !st) log::warning("closing a CUDA memory handle: ", st.error().message);
+}
+
+void CudaCopyEngine::close_event(const HandleCache::Entry& e) {
+  if (auto st = api_->destroy_event(e.device, e.ptr); !st) log::warning("closing a CUDA event handle: ", st.error().message);
+}
+
+}  // namespace tensorshm::daemon

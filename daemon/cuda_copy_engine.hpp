@@ -1,0 +1,172 @@
+// The copy engine over a CudaApi: discovers the GPUs, pins the pool's memory
+// once (in chunks of at most 1 GiB, timed and logged), and turns each CUDA put
+// into "wait for the producer's event, copy device-to-host into the extent,
+// tell the io thread". Opened IPC memory and event handles are cached per
+// producer connection, keyed by the handle bytes, in a bounded LRU; a handle
+// is never closed while a copy uses it. Each producer connection gets its own
+// stream per device (recycled when it leaves), so a producer whose event never
+// fires (it died before its work ran) stalls only itself. All state lives on
+// the io_context thread; CUDA's completion callbacks only post to it.
+#pragma once
+
+#include <algorithm>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <list>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "copy_engine.hpp"
+#include "cuda_api.hpp"
+
+namespace tensorshm::daemon {
+
+class BlockingWorker;
+
+/// Opened handles of one producer connection, least recently used last.
+/// Entries in use (busy > 0) are never closed; an entry the producer forgot
+/// while in use is closed when its last copy ends.
+class HandleCache {
+ public:
+  struct Entry {
+    IpcBytes key{};
+    int device = 0;
+    void* ptr = nullptr;      // opened base pointer or event
+    std::uint32_t busy = 0;   // copies using it now
+    bool doomed = false;      // close as soon as it is idle
+  };
+  /// The entry, now most recently used; nullptr when absent.
+  Entry* find(const IpcBytes& key);
+  Entry& insert(const IpcBytes& key, int device, void* ptr);
+  /// Removes and returns the entry when it is idle; marks it doomed when busy.
+  std::optional<Entry> forget(const IpcBytes& key);
+  /// Drops one use; returns the entry when it was doomed and is now idle.
+  std::optional<Entry> release(const IpcBytes& key);
+  /// Removes and returns idle entries, least recent first, until at most
+  /// `capacity` remain (busy entries may keep it above). The most recently
+  /// used entry always stays.
+  std::vector<Entry> trim(std::size_t capacity);
+  /// Removes and returns everything (the connection is gone, copies done).
+  std::vector<Entry> take_all();
+  std::size_t size() const noexcept { return order_.size(); }
+
+ private:
+  std::list<Entry> order_;  // front: most recently used
+  std::map<IpcBytes, std::list<Entry>::iterator> index_;
+};
+
+class CudaCopyEngine final : public CopyEngine {
+ public:
+  struct Options {
+    std::uint32_t handle_cache = 64;        // opened memory handles kept per connection
+    std::uint32_t event_cache = 64;         // opened event handles kept per connection
+    std::uint64_t pin_chunk = 1ull << 30;   // bytes per cudaHostRegister call
+    std::chrono::milliseconds shutdown_patience{10000};  // wait for copies in flight when destroyed
+  };
+
+  /// Discovers the devices. An Error (no_gpu: no driver, no device) when
+  /// there is nothing to copy from; the caller then serves CPU-only.
+  static Result<std::unique_ptr<CudaCopyEngine>> create(std::shared_ptr<CudaApi> api, boost::asio::io_context& io,
+                                                        Options options);
+  ~CudaCopyEngine() override;
+  CudaCopyEngine(const CudaCopyEngine&) = delete;
+  CudaCopyEngine& operator=(const CudaCopyEngine&) = delete;
+
+  int device_count() const noexcept override { return static_cast<int>(devices_.size()); }
+  void submit(Request request, Done done) override;
+  void forget_handle(std::uint64_t session, const std::array<std::uint8_t, 64>& handle) override;
+  void session_closed(std::uint64_t session) override;
+
+  /// Pins [base, base + bytes) in chunks of at most options.pin_chunk. When
+  /// pinning fails the region is left pageable (logged once) and copies into
+  /// it run on a helper thread, since they then block until done.
+  void add_region(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
+  void remove_region(std::uint32_t id);
+  /// Pins the pool's segments now (logging how long it took) and follows the
+  /// segments it adds and removes later; detaches in the destructor.
+  void attach(Pool& pool);
+
+  // Observations, for tests and the log.
+  std::size_t in_flight() const noexcept { return copies_.size(); }
+  std::size_t sessions() const noexcept { return sessions_.size(); }
+  std::size_t cached_handles(std::uint64_t session) const;
+  std::size_t cached_events(std::uint64_t session) const;
+  bool region_pinned(std::uint32_t id) const;
+
+ private:
+  struct Device {
+    int ordinal = 0;
+    DeviceUuid uuid{};
+    std::string name;
+    std::vector<void*> idle_streams;
+  };
+  struct Region {
+    std::uint32_t id = 0;
+    std::byte* base = nullptr;
+    std::uint64_t bytes = 0;
+    bool pinned = false;
+    std::vector<std::pair<std::byte*, std::uint64_t>> chunks;  // registered pieces
+    std::string what;
+  };
+  struct SessionState {
+    HandleCache mems;
+    HandleCache events;
+    std::map<int, void*> streams;  // device -> stream
+    std::uint32_t in_flight = 0;
+    bool closed = false;
+  };
+  struct Copy {
+    std::uint64_t session = 0;
+    IpcBytes mem_key{};
+    std::optional<IpcBytes> event_key;
+    Done done;
+    std::string object;
+  };
+  struct Piece {
+    void* dst;
+    const void* src;
+    std::uint64_t bytes;
+  };
+
+  CudaCopyEngine(std::shared_ptr<CudaApi> api, boost::asio::io_context& io, Options options);
+  Status start(Request& r, const std::string& object, Done& done);
+  Result<Device*> device_for(const Request& r, const std::string& object);
+  const Region* region_for(const void* dst, std::uint64_t bytes) const;
+  Result<void*> stream_for(SessionState& s, Device& d, const std::string& object);
+  Result<HandleCache::Entry*> open_mem(SessionState& s, const IpcBytes& key, int device, const std::string& object);
+  Result<HandleCache::Entry*> open_event(SessionState& s, const IpcBytes& key, int device,
+                                         const std::string& object);
+  std::vector<Piece> split(const Region& region, void* dst, const void* src, std::uint64_t bytes) const;
+  void finish(std::uint64_t copy_id, Status status);
+  void post_done(Done done, Status status);
+  static void post_finish(boost::asio::io_context& io, std::weak_ptr<int> alive, CudaCopyEngine* engine,
+                          std::uint64_t copy_id, Status status);
+  // A cache keeps at least the entry just opened.
+  std::size_t mem_capacity() const noexcept { return std::max<std::size_t>(1, options_.handle_cache); }
+  std::size_t event_capacity() const noexcept { return std::max<std::size_t>(1, options_.event_cache); }
+  void close_mem(const HandleCache::Entry& e);
+  void close_event(const HandleCache::Entry& e);
+  void drop_session(std::uint64_t session);
+  void unpin(Region& r);
+
+  std::shared_ptr<CudaApi> api_;
+  boost::asio::io_context& io_;
+  Options options_;
+  std::vector<Device> devices_;
+  std::map<std::uint32_t, Region> regions_;
+  std::map<std::uint64_t, SessionState> sessions_;
+  std::map<std::uint64_t, Copy> copies_;
+  std::uint64_t next_copy_ = 1;
+  Pool* pool_ = nullptr;
+  std::unique_ptr<BlockingWorker> worker_;
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // callbacks check it before touching the engine
+};
+
+/// Formats a device uuid as nvidia-smi does: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".
+std::string format_uuid(const DeviceUuid& uuid);
+
+}  // namespace tensorshm::daemon

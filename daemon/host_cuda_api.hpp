@@ -1,0 +1,140 @@
+// CUDA simulated in host memory, so that tests drive the copy engine's logic
+// on machines without a GPU. "Device memory" is host memory a test exports
+// (as a producer would with cudaIpcGetMemHandle); IPC handles are tokens that
+// name it; streams are queues that run only when the test calls run(), so the
+// test decides when a producer's event fires and when copies finish. Errors
+// can be injected per call. Thread-safe: the engine's helper thread calls it
+// too (copies into unpinned memory block there until their stream gets to
+// them, as with CUDA).
+#pragma once
+
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <set>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "cuda_api.hpp"
+
+namespace tensorshm::daemon {
+
+class HostCudaApi final : public CudaApi {
+ public:
+  /// `devices` simulated GPUs; device i has the uuid whose bytes are all i+1.
+  explicit HostCudaApi(int devices = 1);
+  ~HostCudaApi() override;
+
+  // ---- what the test plays: producers and the GPU --------------------------
+  static DeviceUuid uuid_of(int device);
+  /// Exports host memory at `base` as a device allocation on `device`.
+  IpcBytes export_memory(int device, const void* base);
+  /// The producer freed the allocation: opening its handle fails from now on
+  /// (mappings already open stay valid, as with CUDA).
+  void free_memory(const IpcBytes& handle);
+  /// An interprocess event. Complete until hold() (like a fresh event).
+  IpcBytes create_event(int device);
+  /// The event was recorded behind work that has not run yet.
+  void hold(const IpcBytes& event);
+  /// That work finished.
+  void fire(const IpcBytes& event);
+  /// The next call named `call` ("cudaIpcOpenMemHandle", "cudaMemcpyAsync",
+  /// "cudaHostRegister", ...) fails with `error`.
+  void fail_next(const std::string& call, const std::string& error = "cudaErrorInvalidValue");
+  /// The next copy fails when its stream runs it (an asynchronous error): the
+  /// completion callback after it receives the error.
+  void fail_next_copy_when_run();
+  /// Runs queued stream work until nothing more can run (a wait on a held
+  /// event blocks its stream). Returns the number of operations run.
+  std::size_t run();
+
+  // ---- observations --------------------------------------------------------
+  int mem_handles_open() const;
+  int mem_opens() const;
+  int event_handles_open() const;
+  int streams_live() const;
+  int streams_created() const;
+  std::size_t copies_run() const;
+  std::size_t queued() const;
+  std::vector<std::pair<const void*, std::size_t>> registered() const;
+  /// False if some copy's destination straddled two registrations.
+  bool copies_stayed_within_one_registration() const;
+
+  // ---- CudaApi -------------------------------------------------------------
+  Result<int> device_count() override;
+  Result<DeviceUuid> device_uuid(int device) override;
+  std::string device_name(int device) override;
+  Result<void*> create_stream(int device) override;
+  Status destroy_stream(int device, void* stream) override;
+  Result<bool> stream_done(int device, void* stream) override;
+  Status register_host(void* p, std::size_t bytes, std::string_view what) override;
+  Status unregister_host(void* p, std::string_view what) override;
+  Result<void*> open_mem_handle(int device, const IpcBytes& handle, std::string_view object) override;
+  Status close_mem_handle(int device, void* base) override;
+  Result<void*> open_event_handle(int device, const IpcBytes& handle, std::string_view object) override;
+  Status destroy_event(int device, void* event) override;
+  Status wait_event(int device, void* stream, void* event, std::string_view object) override;
+  Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,
+                      std::string_view object) override;
+  Status when_done(int device, void* stream, StreamDone done, std::string_view object) override;
+
+ private:
+  struct EventState {
+    bool complete = true;
+  };
+  struct OpenedEvent {
+    std::shared_ptr<EventState> state;
+  };
+  struct Op {
+    enum Kind { wait, copy, callback } kind;
+    std::shared_ptr<EventState> event;
+    void* dst = nullptr;
+    const void* src = nullptr;
+    std::size_t bytes = 0;
+    StreamDone done;
+    std::uint64_t seq = 0;
+  };
+  struct Stream {
+    int device = 0;
+    std::deque<Op> ops;
+    Status error = ok_status();  // asynchronous error, reported to the next callback
+  };
+  struct Allocation {
+    int device = 0;
+    const void* base = nullptr;
+    bool freed = false;
+  };
+
+  Status injected(const std::string& call, std::string_view object);
+  Status check_device(int device, const char* call);
+  Stream* stream_of(void* s);
+  IpcBytes make_token(char kind, int device);
+  std::size_t run_stream(Stream& s);
+  std::size_t run_locked();
+  bool registered_locked(const void* p, std::size_t n) const;
+
+  mutable std::mutex mu_;
+  std::condition_variable progress_;
+  int devices_;
+  std::uint64_t next_token_ = 1;
+  std::uint64_t next_seq_ = 1;
+  std::map<IpcBytes, Allocation> allocations_;
+  std::map<IpcBytes, std::shared_ptr<EventState>> events_;
+  std::set<Stream*> streams_;
+  std::set<OpenedEvent*> opened_events_;
+  std::multiset<const void*> opened_mems_;
+  std::map<const void*, std::size_t> registered_;
+  std::map<std::string, std::string> failures_;
+  bool fail_copy_when_run_ = false;
+  int mem_opens_ = 0;
+  int streams_created_ = 0;
+  std::size_t copies_run_ = 0;
+  bool straddled_ = false;
+};
+
+}  // namespace tensorshm::daemon

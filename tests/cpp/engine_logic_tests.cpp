@@ -1,0 +1,511 @@
+// The copy engine's logic, driven through the host-memory CUDA simulation:
+// the test plays the producers (exported "device" memory, interprocess events
+// it holds back or fires) and the GPU (HostCudaApi::run), and checks what the
+// engine queued, when it answered, and which handles it kept open.
+#define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
+#include <doctest/doctest.h>
+
+#include <unistd.h>
+
+#include <chrono>
+#include <cstring>
+#include <memory>
+#include <optional>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "asio.hpp"
+#include "cuda_copy_engine.hpp"
+#include "host_cuda_api.hpp"
+#include "pool.hpp"
+
+using namespace tensorshm;
+using namespace tensorshm::daemon;
+using namespace std::chrono_literals;
+
+namespace {
+
+constexpr std::uint64_t kKiB = 1024;
+constexpr std::uint64_t kMiB = 1024 * kKiB;
+
+/// A producer's GPU allocation (host memory here), exported once, and its
+/// interprocess event.
+struct Producer {
+  std::vector<std::byte> memory;
+  IpcBytes handle{};
+  IpcBytes event{};
+};
+
+/// What the engine answered for one put, and how often.
+struct Outcome {
+  std::optional<Status> status;
+  int calls = 0;
+  bool done() const { return calls > 0; }
+  bool ok() const { return status && status->has_value(); }
+  std::string message() const { return status && !*status ? status->error().message : std::string(); }
+};
+
+/// An engine over HostCudaApi with one 4 MiB "pool segment" (region 1).
+struct Rig {
+  explicit Rig(int devices = 1, CudaCopyEngine::Options options = {}) {
+    api = std::make_shared<HostCudaApi>(devices);
+    auto made = CudaCopyEngine::create(api, io, options);
+    REQUIRE(made.has_value());
+    engine = std::move(*made);
+    pool.resize(4 * kMiB);
+    engine->add_region(1, pool.data(), pool.size(), "test pool");
+  }
+
+  Producer producer(std::size_t bytes, int device = 0, std::uint8_t seed = 1) {
+    Producer p;
+    p.memory.resize(bytes);
+    for (std::size_t i = 0; i < bytes; ++i) p.memory[i] = std::byte(static_cast<std::uint8_t>(seed + i * 7));
+    p.handle = api->export_memory(device, p.memory.data());
+    p.event = api->create_event(device);
+    return p;
+  }
+
+  CopyEngine::Request request(std::uint64_t session, const Producer& p, std::uint64_t dst_offset,
+                              std::uint64_t nbytes, std::uint64_t alloc_offset = 0, int device = 0) {
+    CopyEngine::Request r;
+    r.session = session;
+    r.device = device;
+    r.device_uuid = HostCudaApi::uuid_of(device);
+    r.mem_handle = p.handle;
+    r.event_handle = p.event;
+    r.alloc_offset = alloc_offset;
+    r.dst = pool.data() + dst_offset;
+    r.nbytes = nbytes;
+    r.object_name = "cam/" + std::to_string(session);
+    return r;
+  }
+
+  std::shared_ptr<Outcome> submit(CopyEngine::Request r) {
+    auto o = std::make_shared<Outcome>();
+    engine->submit(std::move(r), [o](Status s) {
+      ++o->calls;
+      o->status = std::move(s);
+    });
+    return o;
+  }
+
+  /// Lets the simulated GPU and the io thread run until neither has work.
+  void settle() {
+    for (;;) {
+      std::size_t n = api->run();
+      io.restart();
+      n += io.poll();
+      if (n == 0) return;
+    }
+  }
+
+  /// For work on the engine's helper thread: settles until `ready()` holds.
+  /// The bound is reached only if something hangs; it is not what is tested.
+  template <class Ready>
+  bool settle_until(Ready ready) {
+    const auto give_up = std::chrono::steady_clock::now() + 20s;
+    while (!ready() && std::chrono::steady_clock::now() < give_up) {
+      settle();
+      std::this_thread::sleep_for(1ms);
+    }
+    return ready();
+  }
+
+  bool landed(const Producer& p, std::uint64_t dst_offset, std::uint64_t nbytes, std::uint64_t alloc_offset = 0) {
+    return std::memcmp(pool.data() + dst_offset, p.memory.data() + alloc_offset, nbytes) == 0;
+  }
+
+  boost::asio::io_context io;
+  std::shared_ptr<HostCudaApi> api;
+  std::vector<std::byte> pool;
+  std::unique_ptr<CudaCopyEngine> engine;  // destroyed first: it unpins the pool
+};
+
+}  // namespace
+
+TEST_SUITE("copy engine") {
+
+TEST_CASE("a put is copied into its extent and answered later on the io thread, never inside submit") {
+  Rig rig;
+  auto p = rig.producer(64 * kKiB);
+  auto out = rig.submit(rig.request(1, p, 8 * kKiB, 64 * kKiB));
+  CHECK_FALSE(out->done());
+  rig.api->run();
+  CHECK_FALSE(out->done());  // the GPU finished; the answer waits for the io thread
+  rig.settle();
+  CHECK(out->calls == 1);
+  CHECK(out->ok());
+  CHECK(rig.landed(p, 8 * kKiB, 64 * kKiB));
+}
+
+TEST_CASE("the copy reads from the producer's allocation at the given offset") {
+  Rig rig;
+  auto p = rig.producer(256 * kKiB);
+  auto out = rig.submit(rig.request(1, p, 0, 100 * kKiB, /*alloc_offset=*/123 * kKiB));
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.landed(p, 0, 100 * kKiB, 123 * kKiB));
+}
+
+TEST_CASE("the copy waits for the producer's event") {
+  Rig rig;
+  auto p = rig.producer(32 * kKiB);
+  rig.api->hold(p.event);
+  auto out = rig.submit(rig.request(1, p, 0, 32 * kKiB));
+  rig.settle();
+  CHECK_FALSE(out->done());
+  CHECK_FALSE(rig.landed(p, 0, 32 * kKiB));
+  rig.api->fire(p.event);
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.landed(p, 0, 32 * kKiB));
+}
+
+TEST_CASE("one producer's copies finish in the order it submitted them") {
+  Rig rig;
+  auto a = rig.producer(16 * kKiB, 0, 1);
+  auto b = rig.producer(16 * kKiB, 0, 2);
+  rig.api->hold(a.event);
+  std::vector<int> order;
+  rig.engine->submit(rig.request(1, a, 0, 16 * kKiB), [&](Status s) { order.push_back(s ? 1 : -1); });
+  rig.engine->submit(rig.request(1, b, 64 * kKiB, 16 * kKiB), [&](Status s) { order.push_back(s ? 2 : -2); });
+  rig.settle();
+  CHECK(order.empty());  // the second waits behind the first on the connection's stream
+  rig.api->fire(a.event);
+  rig.settle();
+  CHECK(order == std::vector<int>{1, 2});
+}
+
+TEST_CASE("a producer whose event never fires does not hold up another producer") {
+  Rig rig;
+  auto stuck = rig.producer(16 * kKiB, 0, 1);
+  auto other = rig.producer(16 * kKiB, 0, 2);
+  rig.api->hold(stuck.event);
+  auto first = rig.submit(rig.request(1, stuck, 0, 16 * kKiB));
+  auto second = rig.submit(rig.request(2, other, 64 * kKiB, 16 * kKiB));
+  rig.settle();
+  CHECK_FALSE(first->done());
+  CHECK(second->ok());
+  CHECK(rig.landed(other, 64 * kKiB, 16 * kKiB));
+  CHECK(rig.api->streams_created() == 2);
+  rig.api->fire(stuck.event);
+  rig.settle();
+  CHECK(first->ok());
+}
+
+TEST_CASE("a handle that cannot be opened fails that put only, naming the call and the object") {
+  Rig rig;
+  auto good = rig.producer(16 * kKiB);
+  auto bad = good;
+  bad.handle[20] ^= 0xff;  // not a handle any producer exported
+  auto failed = rig.submit(rig.request(7, bad, 0, 16 * kKiB));
+  CHECK_FALSE(failed->done());  // errors are answered on the io thread too
+  rig.settle();
+  REQUIRE(failed->done());
+  CHECK(failed->status->error().code == Errc::cuda_error);
+  CHECK(failed->message().find("cudaIpcOpenMemHandle") != std::string::npos);
+  CHECK(failed->message().find("cam/7") != std::string::npos);
+  auto next = rig.submit(rig.request(7, good, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(next->ok());
+}
+
+TEST_CASE("a handle of memory the producer already freed fails with a clear error") {
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  rig.api->free_memory(p.handle);
+  auto out = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(out->message().find("could not be opened") != std::string::npos);
+  CHECK(rig.api->mem_handles_open() == 0);
+}
+
+TEST_CASE("an event the daemon cannot open fails the put with the phrase producers fall back on") {
+  // libclient/src/cuda_producer.cpp (kEventRefused) waits for its event
+  // itself and resends when it reads this phrase: a daemon of another user
+  // cannot open CUDA interprocess events.
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  rig.api->fail_next("cudaIpcOpenEventHandle", "cudaErrorMapBufferObjectFailed");
+  auto refused = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(refused->status->error().code == Errc::cuda_error);
+  CHECK(refused->message().find("event handle could not be opened") != std::string::npos);
+  auto r = rig.request(1, p, 0, 16 * kKiB);
+  r.event_handle = {};  // the producer waited itself
+  auto resent = rig.submit(r);
+  rig.settle();
+  CHECK(resent->ok());
+  CHECK(rig.landed(p, 0, 16 * kKiB));
+}
+
+TEST_CASE("a put from a GPU the daemon cannot see names that GPU and the fix") {
+  Rig rig(/*devices=*/1);
+  auto p = rig.producer(16 * kKiB);
+  auto r = rig.request(1, p, 0, 16 * kKiB);
+  r.device_uuid = HostCudaApi::uuid_of(5);
+  auto out = rig.submit(r);
+  rig.settle();
+  CHECK(out->message().find("GPU-06060606-0606") != std::string::npos);
+  CHECK(out->message().find("CUDA_VISIBLE_DEVICES") != std::string::npos);
+  CHECK(rig.api->mem_opens() == 0);
+}
+
+TEST_CASE("a put is routed to the device whose uuid it names") {
+  Rig rig(/*devices=*/2);
+  auto p = rig.producer(16 * kKiB, /*device=*/1);
+  auto out = rig.submit(rig.request(1, p, 0, 16 * kKiB, 0, /*device=*/1));
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.landed(p, 0, 16 * kKiB));
+}
+
+TEST_CASE("a copy that fails on the GPU is reported for that put only") {
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  rig.api->fail_next_copy_when_run();
+  auto failed = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  REQUIRE(failed->done());
+  CHECK(failed->message().find("device-to-host copy failed") != std::string::npos);
+  CHECK(failed->message().find("cudaErrorIllegalAddress") != std::string::npos);
+  auto next = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(next->ok());
+  CHECK(rig.landed(p, 0, 16 * kKiB));
+}
+
+TEST_CASE("a copy that cannot be queued is reported and leaves its handle closable") {
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  rig.api->fail_next("cudaMemcpyAsync", "cudaErrorInvalidValue");
+  auto failed = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(failed->message().find("cudaMemcpyAsync") != std::string::npos);
+  CHECK(rig.engine->in_flight() == 0);
+  rig.engine->forget_handle(1, p.handle);
+  CHECK(rig.api->mem_handles_open() == 0);
+}
+
+TEST_CASE("an empty tensor is answered without touching the GPU") {
+  Rig rig;
+  auto p = rig.producer(16);
+  auto r = rig.request(1, p, 0, 0);
+  r.mem_handle = {};
+  r.device_uuid = {};
+  r.device = -1;
+  auto out = rig.submit(r);
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.api->mem_opens() == 0);
+}
+
+TEST_CASE("opened handles are reused within a connection and opened anew by another") {
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  for (int i = 0; i < 3; ++i) rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(rig.api->mem_opens() == 1);
+  CHECK(rig.engine->cached_handles(1) == 1);
+  CHECK(rig.engine->cached_events(1) == 1);
+  rig.submit(rig.request(2, p, 0, 16 * kKiB));
+  rig.settle();
+  CHECK(rig.api->mem_opens() == 2);
+}
+
+TEST_CASE("the handle cache keeps its bound by closing the least recently used handle") {
+  CudaCopyEngine::Options o;
+  o.handle_cache = 2;
+  Rig rig(1, o);
+  auto a = rig.producer(4 * kKiB, 0, 1), b = rig.producer(4 * kKiB, 0, 2), c = rig.producer(4 * kKiB, 0, 3);
+  for (auto* p : {&a, &b, &a, &c}) rig.submit(rig.request(1, *p, 0, 4 * kKiB));
+  rig.settle();
+  CHECK(rig.engine->cached_handles(1) == 2);
+  CHECK(rig.api->mem_handles_open() == 2);
+  CHECK(rig.api->mem_opens() == 3);
+  rig.submit(rig.request(1, a, 0, 4 * kKiB));  // a was used recently: still cached
+  rig.settle();
+  CHECK(rig.api->mem_opens() == 3);
+  rig.submit(rig.request(1, b, 0, 4 * kKiB));  // b was evicted: opened again
+  rig.settle();
+  CHECK(rig.api->mem_opens() == 4);
+  CHECK(rig.api->mem_handles_open() == 2);
+}
+
+TEST_CASE("a handle in use is not evicted until its copy finishes") {
+  CudaCopyEngine::Options o;
+  o.handle_cache = 1;
+  Rig rig(1, o);
+  auto busy = rig.producer(4 * kKiB, 0, 1), next = rig.producer(4 * kKiB, 0, 2);
+  rig.api->hold(busy.event);
+  auto first = rig.submit(rig.request(1, busy, 0, 4 * kKiB));
+  rig.submit(rig.request(1, next, 8 * kKiB, 4 * kKiB));
+  rig.settle();
+  CHECK(rig.api->mem_handles_open() == 2);  // over the bound while the first copy runs
+  rig.api->fire(busy.event);
+  rig.settle();
+  CHECK(first->ok());
+  CHECK(rig.landed(busy, 0, 4 * kKiB));
+  CHECK(rig.api->mem_handles_open() == 1);
+  CHECK(rig.engine->cached_handles(1) == 1);
+}
+
+TEST_CASE("forget_handle closes an idle handle at once and a busy one when its copy ends") {
+  Rig rig;
+  auto idle = rig.producer(4 * kKiB, 0, 1), busy = rig.producer(4 * kKiB, 0, 2);
+  rig.submit(rig.request(1, idle, 0, 4 * kKiB));
+  rig.settle();
+  rig.engine->forget_handle(1, idle.handle);
+  CHECK(rig.api->mem_handles_open() == 0);
+
+  rig.api->hold(busy.event);
+  auto out = rig.submit(rig.request(1, busy, 0, 4 * kKiB));
+  rig.settle();
+  rig.engine->forget_handle(1, busy.handle);
+  CHECK(rig.api->mem_handles_open() == 1);
+  rig.api->fire(busy.event);
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.api->mem_handles_open() == 0);
+  CHECK(rig.engine->cached_handles(1) == 0);
+}
+
+TEST_CASE("a disconnect mid-copy keeps the handles open until the copy ends, then closes them") {
+  Rig rig;
+  auto p = rig.producer(64 * kKiB);
+  rig.api->hold(p.event);
+  auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+  rig.settle();
+  rig.engine->session_closed(1);
+  CHECK(rig.api->mem_handles_open() == 1);
+  CHECK(rig.api->event_handles_open() == 1);
+  CHECK(rig.engine->sessions() == 1);
+  rig.api->fire(p.event);
+  rig.settle();
+  CHECK(out->calls == 1);
+  CHECK(out->ok());  // the extent is complete; the session decides what to do with it
+  CHECK(rig.landed(p, 0, 64 * kKiB));
+  CHECK(rig.api->mem_handles_open() == 0);
+  CHECK(rig.api->event_handles_open() == 0);
+  CHECK(rig.engine->sessions() == 0);
+
+  // The stream went back to the device and serves the next connection.
+  rig.submit(rig.request(2, p, 0, 64 * kKiB));
+  rig.settle();
+  CHECK(rig.api->streams_created() == 1);
+}
+
+TEST_CASE("a connection that closes with no copy in flight gives everything back at once") {
+  Rig rig;
+  auto p = rig.producer(4 * kKiB);
+  rig.submit(rig.request(3, p, 0, 4 * kKiB));
+  rig.settle();
+  rig.engine->session_closed(3);
+  CHECK(rig.api->mem_handles_open() == 0);
+  CHECK(rig.api->event_handles_open() == 0);
+  CHECK(rig.engine->sessions() == 0);
+}
+
+TEST_CASE("pool memory is pinned in chunks and no copy straddles two of them") {
+  CudaCopyEngine::Options o;
+  o.pin_chunk = 64 * kKiB;
+  Rig rig(1, o);
+  CHECK(rig.api->registered().size() == 4 * kMiB / (64 * kKiB));
+  CHECK(rig.engine->region_pinned(1));
+  auto p = rig.producer(300 * kKiB);
+  auto out = rig.submit(rig.request(1, p, 40 * kKiB, 300 * kKiB));
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.landed(p, 40 * kKiB, 300 * kKiB));
+  CHECK(rig.api->copies_run() == 6);  // 24 + 64 * 4 + 20 KiB
+  CHECK(rig.api->copies_stayed_within_one_registration());
+  rig.engine->remove_region(1);
+  CHECK(rig.api->registered().empty());
+}
+
+TEST_CASE("memory that cannot be pinned is still copied into, off the io thread") {
+  Rig rig;
+  std::vector<std::byte> unpinned(1 * kMiB);
+  rig.api->fail_next("cudaHostRegister", "cudaErrorNotSupported");
+  rig.engine->add_region(2, unpinned.data(), unpinned.size(), "unpinnable segment");
+  CHECK_FALSE(rig.engine->region_pinned(2));
+  CHECK(rig.api->registered().size() == 1);  // only region 1
+
+  auto p = rig.producer(128 * kKiB);
+  rig.api->hold(p.event);
+  auto r = rig.request(1, p, 0, 128 * kKiB);
+  r.dst = unpinned.data() + 4 * kKiB;
+  auto out = rig.submit(r);
+  rig.settle();
+  CHECK_FALSE(out->done());  // the helper thread is blocked in the copy, the io thread is not
+  rig.api->fire(p.event);
+  REQUIRE(rig.settle_until([&] { return out->done(); }));
+  CHECK(out->ok());
+  CHECK(std::memcmp(unpinned.data() + 4 * kKiB, p.memory.data(), 128 * kKiB) == 0);
+}
+
+TEST_CASE("an engine without devices is not made, and says why") {
+  boost::asio::io_context io;
+  auto made = CudaCopyEngine::create(std::make_shared<HostCudaApi>(0), io, {});
+  REQUIRE_FALSE(made.has_value());
+  CHECK(made.error().code == Errc::no_gpu);
+}
+
+TEST_CASE("destroying the engine closes every handle, stream and pinning it made") {
+  auto rig = std::make_unique<Rig>();
+  auto api = rig->api;
+  auto a = rig->producer(4 * kKiB, 0, 1), b = rig->producer(4 * kKiB, 0, 2);
+  rig->submit(rig->request(1, a, 0, 4 * kKiB));
+  rig->submit(rig->request(2, b, 8 * kKiB, 4 * kKiB));
+  rig->settle();
+  rig->engine->session_closed(2);
+  rig->engine.reset();
+  CHECK(api->mem_handles_open() == 0);
+  CHECK(api->event_handles_open() == 0);
+  CHECK(api->streams_live() == 0);
+  CHECK(api->registered().empty());
+}
+
+TEST_CASE("destroying the engine while a producer's event never fires gives up after a bounded wait") {
+  CudaCopyEngine::Options o;
+  o.shutdown_patience = std::chrono::milliseconds(50);
+  auto rig = std::make_unique<Rig>(1, o);
+  auto api = rig->api;
+  auto p = rig->producer(4 * kKiB);
+  api->hold(p.event);
+  auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
+  rig->settle();
+  rig->engine.reset();  // returns; the stuck copy's resources are left to process exit
+  CHECK_FALSE(out->done());
+  CHECK(api->mem_handles_open() == 1);
+  CHECK(api->registered().size() == 1);
+}
+
+TEST_CASE("attached to a pool, the engine pins its segments and follows dedicated ones") {
+  Config config;
+  config.instance = "engine-test-" + std::to_string(::getpid());
+  config.pool_size = 2 * kMiB;
+  config.segment_size = 2 * kMiB;
+  config.pretouch_threads = 1;
+  auto pool = Pool::create(config);
+  REQUIRE(pool.has_value());
+  {
+    Rig rig;
+    rig.engine->remove_region(1);
+    rig.engine->attach(**pool);
+    CHECK(rig.api->registered().size() == 1);
+    auto big = (*pool)->allocate(3 * kMiB, ReaderClass{});  // larger than a pool segment: a dedicated one
+    REQUIRE(big.has_value());
+    CHECK(rig.api->registered().size() == 2);
+    CHECK(rig.engine->region_pinned(big->segment_id));
+    (*pool)->free(*big);
+    CHECK(rig.api->registered().size() == 1);
+  }
+  // The engine is gone: the pool no longer calls into it.
+  auto again = (*pool)->allocate(3 * kMiB, ReaderClass{});
+  REQUIRE(again.has_value());
+  (*pool)->free(*again);
+}
+
+}  // TEST_SUITE

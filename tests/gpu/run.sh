@@ -1,0 +1,217 @@
+#!/usr/bin/env bash
+# The GPU proof in one call, on a bare GPU machine (x86-64, Python with torch,
+# cupy, numpy, nanobind, scikit-build-core, cmake, ninja, nvcc; no Boost, no
+# flatc, no network). Run tests/gpu/prepare.sh on the development machine
+# first and carry .gpu-kit/ (prebuilt tensorshmd, tensorshmctl, the C++ GPU
+# checks and the FlatBuffers headers).
+#
+#   tests/gpu/run.sh          (writes everything under $OUT, default /tmp/tshm-gpu-out)
+#
+# Steps, each logged with a ==== header, its commands traced (set -x) and a
+# time limit, so that one run gives complete information even when a step
+# fails (the script goes on to the next):
+#   machine     GPU, driver, toolchain, /dev/shm, the kit's manifest
+#   build       the Python extension (pip, against this machine's python and
+#               torch) and the libtorch adapter check, both in the background
+#   daemon      .gpu-kit/bin/tensorshmd on a temporary socket, pool pinned
+#   cpp         tshm_gpu_check: put_cuda from C++ (dtypes, layouts, ordering
+#               with no synchronize, async, 4 threads x 100, export errors)
+#   bench-cpp   tshm_gpu_bench: D2H into the pool vs raw cudaMemcpyAsync, 4 KiB..1 GiB
+#   bench-py    bench/gpu_bench.py: the same from Python, and the 256 MiB handoff
+#               vs t.cpu().numpy() + multiprocessing.shared_memory
+#   pytest      tests/gpu: every dtype/shape vs t.cpu().numpy(), a kernel right
+#               before put, 4 producers x 100 puts, a producer killed mid-copy, CuPy
+#   torch       tshm_torch_gpu_check: the libtorch adapter's CUDA path
+#   stop        SIGTERM, exit status, /dev/shm left clean
+# The last thing printed is a short summary table (also $OUT/summary.txt).
+set -uo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+KIT=$ROOT/.gpu-kit
+OUT=${OUT:-/tmp/tshm-gpu-out}
+mkdir -p "$OUT"
+exec > >(tee -a "$OUT/run.log") 2>&1
+PY=${PYTHON:-python3}
+JOBS=$(nproc)
+WORK=$(mktemp -d /tmp/tshm-gpu.XXXXXX)
+SUMMARY=()
+note() { SUMMARY+=("$(printf '%-22s %s' "$1" "$2")"); }
+section() { echo; echo "==== $1 ($(date +%T), ${SECONDS}s into the run)"; }
+
+# ---- machine ------------------------------------------------------------------
+section machine
+set -x
+nvidia-smi --query-gpu=name,driver_version,memory.total,pci.bus_id --format=csv,noheader
+uname -a
+nproc; free -g | head -2
+df -h /dev/shm
+ulimit -l
+$PY -c 'import sys, torch, numpy; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "numpy", numpy.__version__)'
+$PY -c 'import cupy; print("cupy", cupy.__version__)'
+command -v nvcc || ls /usr/local/cuda/bin/nvcc
+cmake --version | head -1; ninja --version; g++ --version | head -1
+cat "$KIT/MANIFEST"
+ldd --version | head -1
+set +x
+glibc=$(ldd --version | head -1 | grep -oE '[0-9]+\.[0-9]+$')
+if [[ $(printf '%s\n2.36\n' "$glibc" | sort -V | head -1) != 2.36 ]]; then
+  echo "run.sh: glibc $glibc here; the kit's binaries need 2.36 or newer (they were built on Debian 12)" >&2
+fi
+GPU_NAME=$(nvidia-smi --query-gpu=name --format=csv,noheader 2>/dev/null | head -1)
+note machine "${GPU_NAME:-no GPU found by nvidia-smi}; $($PY -c 'import torch;print("torch",torch.__version__)' 2>&1 | tail -1)"
+if [[ ! -x $KIT/bin/tensorshmd ]]; then
+  echo "run.sh: $KIT/bin/tensorshmd is missing: run tests/gpu/prepare.sh on the development machine and carry .gpu-kit" >&2
+  note kit "MISSING (.gpu-kit not carried?)"
+  printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+  exit 1
+fi
+if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH=/usr/local/cuda/bin:$PATH; fi
+export CUDACXX=${CUDACXX:-$(command -v nvcc)}
+
+# ---- build (background) -----------------------------------------------------------
+section "build (background): Python extension and libtorch adapter check"
+PYDIR=$WORK/site
+(
+  set -x
+  TENSORSHM_FLATBUFFERS_INCLUDE=$KIT/include TENSORSHM_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+    CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" \
+    timeout 420 $PY -m pip install -v --no-build-isolation --no-deps --no-index --target "$PYDIR" \
+      --config-settings=build-dir="$WORK/pybuild" ./pyclient
+) > "$OUT/pip-build.log" 2>&1 &
+PIP_PID=$!
+(
+  set -x
+  TORCH_DIR=$($PY -c 'import torch.utils; print(torch.utils.cmake_prefix_path)')/Torch
+  timeout 200 cmake -S tests/gpu/torch_check -B "$WORK/torch-check" -G Ninja -DCMAKE_BUILD_TYPE=Release \
+    -DTorch_DIR="$TORCH_DIR" -DTENSORSHM_FLATBUFFERS_INCLUDE="$KIT/include" -DCMAKE_CUDA_ARCHITECTURES=90 &&
+  timeout 400 ninja -C "$WORK/torch-check" -j "$JOBS" tshm_torch_gpu_check
+) > "$OUT/torch-check-build.log" 2>&1 &
+TORCH_PID=$!
+
+# ---- daemon -------------------------------------------------------------------------
+section daemon
+export TENSORSHM_SOCKET=$WORK/tshm.sock
+INSTANCE=gpurun$$
+shm_free=$(df -B1 --output=avail /dev/shm | tail -1)
+if ((shm_free < 6 << 30)); then
+  set -x
+  mount -o remount,size=24G /dev/shm || true
+  set +x
+  shm_free=$(df -B1 --output=avail /dev/shm | tail -1)
+fi
+POOL_G=$((shm_free * 6 / 10 >> 30))
+((POOL_G > 8)) && POOL_G=8
+POOL_G=${TSHM_GPU_POOL_G:-$POOL_G}
+BENCH_MAX=1G
+((POOL_G < 4)) && BENCH_MAX=256M
+echo "/dev/shm has $((shm_free >> 20)) MiB free: pool ${POOL_G}G, largest benchmark size $BENCH_MAX"
+set -x
+"$KIT/bin/tensorshmd" --socket "$TENSORSHM_SOCKET" --instance "$INSTANCE" --pool-size "${POOL_G}G" \
+  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" --log-level info > "$OUT/daemon.log" 2>&1 &
+DAEMON_PID=$!
+set +x
+ready=0
+for _ in $(seq 1 1200); do
+  if "$KIT/bin/tensorshmctl" ping >/dev/null 2>&1; then ready=1; break; fi
+  kill -0 $DAEMON_PID 2>/dev/null || break
+  sleep 0.1
+done
+cat "$OUT/daemon.log"
+if ((ready)); then
+  "$KIT/bin/tensorshmctl" stats
+  note daemon "ready at ${SECONDS}s: $(grep -o '[0-9]* GPU(s)' "$OUT/daemon.log" | tail -1); $(grep -o 'pinned [0-9]* of [0-9]* pool segment(s), [0-9]* bytes, in [0-9.]* ms' "$OUT/daemon.log" || echo 'no pinning logged')"
+else
+  note daemon "FAILED to start (see daemon.log)"
+fi
+export TSHM_GPU_DAEMON_RUNNING=1
+
+# ---- C++ checks -----------------------------------------------------------------------
+section "cpp: tshm_gpu_check"
+set -x
+timeout 180 "$KIT/bin/tshm_gpu_check" | tee "$WORK/gpu_check.txt"
+set +x
+note "C++ put_cuda checks" "$(tail -1 "$WORK/gpu_check.txt" 2>/dev/null || echo 'no output')"
+
+# ---- C++ benchmark ----------------------------------------------------------------------
+section "bench-cpp: tshm_gpu_bench (D2H into the pool vs raw cudaMemcpyAsync into cudaHostAlloc)"
+set -x
+timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp.txt"
+set +x
+# "size=N ... ratio=R" lines -> "4K 52%, 16K 60%, ..."
+ratio_list() {
+  awk -v min="${2:-0}" '$1 == "'"$1"'" {
+      for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+      if (v["size"] + 0 < min + 0) next
+      n = v["size"]; u = "B"
+      if (n >= 1073741824) { n /= 1073741824; u = "G" } else if (n >= 1048576) { n /= 1048576; u = "M" } else if (n >= 1024) { n /= 1024; u = "K" }
+      printf "%s%d%s %.0f%%", sep, n, u, v["ratio"] * 100; sep = ", "
+    }'
+}
+ratios=$(ratio_list d2h < "$WORK/bench_cpp.txt")
+note "D2H pool/raw (C++)" "${ratios:-no result} (goal >= 90% at >= 64 MiB)"
+
+# ---- Python extension --------------------------------------------------------------------
+section "build: waiting for the Python extension"
+wait $PIP_PID; pip_rc=$?
+tail -25 "$OUT/pip-build.log"
+export PYTHONPATH=$PYDIR${PYTHONPATH:+:$PYTHONPATH}
+set -x
+$PY -c 'import tensorshm; print(tensorshm.__file__, "cuda_supported", tensorshm.cuda_supported())'
+py_ok=$?
+set +x
+note "python extension" "$([[ $pip_rc == 0 && $py_ok == 0 ]] && echo "built and importable" || echo "FAILED (pip rc $pip_rc; see pip-build.log)")"
+
+# ---- Python benchmark ----------------------------------------------------------------------
+section "bench-py: bench/gpu_bench.py"
+set -x
+PYTHONUNBUFFERED=1 timeout 240 $PY bench/gpu_bench.py --max-bytes "$BENCH_MAX" --handoff-bytes 256M \
+  --json "$OUT/bench.json" | tee "$WORK/bench_py.txt"
+set +x
+note "D2H pool/raw (Python)" "$(ratio_list d2h-py $((64 << 20)) < "$WORK/bench_py.txt") (>= 64 MiB)"
+note "handoff 256 MiB" "$(grep '^handoff ' "$WORK/bench_py.txt" | sed 's/^handoff size=[0-9]* //' || echo 'no result') (goal >= 3x)"
+
+# ---- pytest ---------------------------------------------------------------------------------
+section "pytest: tests/gpu"
+set -x
+PYTHONUNBUFFERED=1 timeout 300 $PY -m pytest -v -rs -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests/gpu \
+  2>&1 | tee "$WORK/pytest.txt"
+set +x
+note "pytest tests/gpu" "$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$WORK/pytest.txt" | tail -1 | tr -d '=' || echo 'no result')"
+
+# ---- libtorch adapter ---------------------------------------------------------------------------
+section "torch: libtorch adapter check"
+wait $TORCH_PID; torch_rc=$?
+tail -30 "$OUT/torch-check-build.log"
+if ((torch_rc == 0)); then
+  set -x
+  timeout 120 "$WORK/torch-check/tshm_torch_gpu_check" | tee "$WORK/torch_check.txt"
+  set +x
+  note "torch adapter (C++)" "$(tail -1 "$WORK/torch_check.txt")"
+else
+  note "torch adapter (C++)" "BUILD FAILED (rc $torch_rc; see torch-check-build.log)"
+fi
+
+# ---- stop -------------------------------------------------------------------------------------
+section stop
+"$KIT/bin/tensorshmctl" stats || true
+kill -TERM $DAEMON_PID 2>/dev/null
+stopped=0
+for _ in $(seq 1 300); do
+  kill -0 $DAEMON_PID 2>/dev/null || { stopped=1; break; }
+  sleep 0.1
+done
+if ((stopped)); then
+  wait $DAEMON_PID; daemon_rc=$?
+else
+  echo "tensorshmd did not stop within 30 s of SIGTERM (a copy that never finishes?): SIGKILL"
+  kill -KILL $DAEMON_PID; wait $DAEMON_PID; daemon_rc=killed
+fi
+tail -30 "$OUT/daemon.log"
+left=$(ls /dev/shm | grep -c "^tensorshm\.$INSTANCE\." || true)
+note "daemon stop" "exit $daemon_rc; $left segment file(s) left in /dev/shm"
+rm -f /dev/shm/tensorshm."$INSTANCE".*
+grep -E '^(<[34]>)' "$OUT/daemon.log" | head -20 > "$WORK/daemon_warnings.txt"
+note "daemon warnings" "$(wc -l < "$WORK/daemon_warnings.txt") line(s) at warning level or worse (daemon.log)"
+
+section "summary (also $OUT/summary.txt; full log $OUT/run.log)"
+printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"

@@ -1,0 +1,243 @@
+"""GPU puts from torch and CuPy on a machine with a GPU: every dtype and
+shape arrives equal to ``t.cpu().numpy()``; the copy is ordered after work
+still queued on the producer's stream (no synchronize); ``wait=False`` and
+``dtype=`` work; many producers at once; a producer killed mid-copy leaves
+the daemon serving. Skipped, with the reason, where there is no GPU."""
+
+from __future__ import annotations
+
+import gc
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+# Sleep cycles long enough that a put issued right after the kernel would
+# read stale memory unless the daemon waits on the producer's event.
+SLOW = 100_000_000
+
+
+def _dtypes() -> list:
+    names = ["bool", "uint8", "int8", "int16", "int32", "int64", "float16", "float32", "float64", "bfloat16",
+             "complex64", "complex128", "uint16", "uint32", "uint64", "float8_e4m3fn", "float8_e5m2"]
+    return [pytest.param(n, id=n) for n in names]
+
+
+def make(dtype_name: str, shape: tuple[int, ...], device: str = "cuda"):
+    dtype = getattr(torch, dtype_name, None)
+    if dtype is None:
+        pytest.skip(f"torch {torch.__version__} has no {dtype_name}")
+    n = int(np.prod(shape)) if shape else 1
+    base = (torch.arange(n, device=device, dtype=torch.float64) * 0.37 - 3).reshape(shape)
+    try:
+        if dtype == torch.bool:
+            return base.gt(0)
+        if dtype.is_complex:
+            return torch.complex(base, -base).to(dtype)
+        if dtype in (torch.uint8, torch.int8) or dtype_name.startswith("uint"):
+            return (base * 3).abs().to(torch.int64).to(dtype)
+        return base.to(dtype)
+    except (RuntimeError, TypeError) as e:
+        pytest.skip(f"torch cannot make {dtype_name} on {device}: {e}")
+
+
+def bytes_of_array(a: np.ndarray) -> bytes:
+    return np.ascontiguousarray(a).reshape(-1).view(np.uint8).tobytes()
+
+
+def bytes_of_tensor(t) -> bytes:
+    flat = t.detach().cpu().contiguous().reshape(-1)
+    try:
+        return flat.numpy().view(np.uint8).tobytes()
+    except (TypeError, RuntimeError):  # dtypes numpy lacks: reinterpret in torch
+        return flat.view(torch.uint8).numpy().tobytes()
+
+
+def assert_same(arr: np.ndarray, t) -> None:
+    assert tuple(arr.shape) == tuple(t.shape)
+    try:
+        expected = t.cpu().numpy()
+    except (TypeError, RuntimeError):  # bfloat16, float8, unsigned types older numpy lacks
+        expected = None
+    if expected is not None:
+        assert arr.dtype == expected.dtype
+        assert np.array_equal(arr, expected, equal_nan=arr.dtype.kind in "fc")
+    assert bytes_of_array(arr) == bytes_of_tensor(t)
+
+
+def test_the_daemon_found_a_gpu(client):
+    import tensorshm
+
+    assert tensorshm.cuda_supported(), "this tensorshm build has no CUDA support"
+    assert client.daemon_info.cuda_devices >= 1, "tensorshmd found no GPU (see its log)"
+
+
+SHAPES = [(), (0,), (1,), (7,), (3, 5), (2, 3, 4, 5), (1023, 1025), (2,) * 8, (4, 0, 3)]
+
+
+@pytest.mark.parametrize("dtype_name", _dtypes())
+@pytest.mark.parametrize("shape", SHAPES, ids=lambda s: "x".join(map(str, s)) or "0d")
+def test_every_dtype_and_shape_equals_cpu_numpy(client, dtype_name, shape):
+    t = make(dtype_name, shape)
+    name = f"gpu/dtype/{dtype_name}"
+    info = client.put(name, t)
+    assert info.nbytes == t.numel() * t.element_size()
+    assert_same(client.get(name), t)
+
+
+@pytest.mark.parametrize("layout", ["transposed", "column_slice", "offset_view", "broadcast", "permuted3d"])
+@pytest.mark.parametrize("dtype_name", ["float32", "int16", "bfloat16", "complex64"])
+def test_strided_tensors_arrive_with_the_same_values(client, layout, dtype_name):
+    base = make(dtype_name, (64, 48))
+    t = {
+        "transposed": lambda: base.t(),
+        "column_slice": lambda: base[:, ::3],
+        "offset_view": lambda: base[5:, 7:],
+        "broadcast": lambda: base[:1].expand(16, 48),
+        "permuted3d": lambda: base.reshape(8, 8, 48).permute(2, 0, 1),
+    }[layout]()
+    client.put(f"gpu/layout/{layout}", t)
+    assert_same(client.get(f"gpu/layout/{layout}"), t)
+
+
+@pytest.mark.parametrize("where", ["current stream", "side stream"])
+def test_a_kernel_writing_right_before_put_needs_no_synchronize(client, where):
+    stream = torch.cuda.Stream() if where == "side stream" else torch.cuda.current_stream()
+    with torch.cuda.stream(stream):
+        x = torch.zeros(8 << 20, device="cuda", dtype=torch.float32)  # 32 MiB
+        for i in range(1, 11):
+            torch.cuda._sleep(SLOW)  # the GPU is busy; nothing below has run yet
+            x.fill_(float(i))
+            client.put("gpu/ordered", x)
+            got = client.get("gpu/ordered")
+            assert got[0] == i and got[-1] == i and np.all(got == i), f"put {i} read memory before the kernel wrote it"
+
+
+def test_wait_false_returns_a_future_and_keeps_the_tensor_alive(client):
+    expected = []
+    futures = []
+    for i in range(8):
+        t = make("float32", (1 << 20,)) + i
+        torch.cuda._sleep(SLOW // 10)
+        expected.append(t.cpu().numpy())
+        futures.append(client.put(f"gpu/future/{i}", t, wait=False))
+        del t  # the future keeps it until the daemon has copied it
+    gc.collect()
+    torch.cuda.empty_cache()
+    for i, f in enumerate(futures):
+        info = f.result()
+        assert info.name == f"gpu/future/{i}"
+        assert np.array_equal(client.get(f"gpu/future/{i}"), expected[i])
+
+
+def test_dtype_casts_on_the_device_before_the_transfer(client):
+    t = make("bfloat16", (300, 7))
+    client.put("gpu/cast", t, dtype="float32")
+    got = client.get("gpu/cast")
+    assert got.dtype == np.float32
+    assert np.array_equal(got, t.float().cpu().numpy())
+
+
+def test_cupy_arrays_go_through_cuda_array_interface(client):
+    cupy = pytest.importorskip("cupy")
+    a = cupy.arange(12345, dtype=cupy.float64).reshape(15, 823) * 1.5
+    client.put("gpu/cupy", a)
+    assert np.array_equal(client.get("gpu/cupy"), cupy.asnumpy(a))
+    s = cupy.cuda.Stream(non_blocking=True)
+    with s:
+        b = cupy.full((4096, 1024), 3, dtype=cupy.int32)
+        b += 4  # queued on s
+        client.put("gpu/cupy-stream", b)
+    assert np.all(client.get("gpu/cupy-stream") == 7)
+    col = a[:, 1::2]  # strided view
+    client.put("gpu/cupy-strided", col)
+    assert np.array_equal(client.get("gpu/cupy-strided"), cupy.asnumpy(col))
+
+
+PRODUCER = textwrap.dedent("""
+    import sys, torch, tensorshm
+    sock, index, puts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
+    bad = 0
+    with tensorshm.connect(sock, name=f"producer-{index}") as c:
+        x = torch.empty(1 << 18, device="cuda", dtype=torch.float32)
+        print("ready", flush=True)
+        sys.stdin.readline()                      # all four start together
+        for i in range(puts):
+            value = float(index * 1000 + i)
+            x.fill_(value)                        # no synchronize before the put
+            c.put(f"gpu/many/{index}", x)
+            got = c.get(f"gpu/many/{index}")
+            bad += int(not (got[0] == value and got[-1] == value and (got == value).all()))
+    print(f"bad={bad}", flush=True)
+""")
+
+
+def test_four_producers_put_a_hundred_times_each_at_once(client, daemon_socket):
+    before = client.stats().puts
+    procs = [subprocess.Popen([sys.executable, "-c", PRODUCER, daemon_socket, str(i), "100"], stdin=subprocess.PIPE,
+                              stdout=subprocess.PIPE, text=True) for i in range(4)]
+    for p in procs:
+        assert p.stdout.readline().strip() == "ready"
+    for p in procs:
+        p.stdin.write("go\n")
+        p.stdin.flush()
+    outputs = [p.communicate(timeout=240)[0].strip() for p in procs]
+    assert [p.returncode for p in procs] == [0, 0, 0, 0], outputs
+    assert outputs == ["bad=0"] * 4, outputs
+    assert client.stats().puts - before >= 400
+    assert client.stats().open_creates == 0
+
+
+KILLED_PRODUCER = textwrap.dedent("""
+    import sys, torch, tensorshm
+    sock, mode = sys.argv[1], sys.argv[2]
+    c = tensorshm.connect(sock, name="doomed")
+    x = torch.empty(64 << 20, device="cuda", dtype=torch.float32)   # 256 MiB
+    x.fill_(5.0)
+    torch.cuda.synchronize()
+    if mode == "waiting":
+        torch.cuda._sleep(20_000_000_000)   # the put waits on this for seconds
+        x.fill_(6.0)
+    print("putting", flush=True)
+    c.put("gpu/killed", x)
+    print("done", flush=True)
+""")
+
+
+@pytest.mark.parametrize("mode", ["waiting", "copying"])
+def test_a_producer_killed_mid_copy_leaves_the_daemon_serving(client, daemon_socket, mode):
+    proc = subprocess.Popen([sys.executable, "-c", KILLED_PRODUCER, daemon_socket, mode],
+                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+    line = proc.stdout.readline().strip()
+    assert line == "putting", f"producer said {line!r}"
+    time.sleep(0.5 if mode == "waiting" else 0.02)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(30)
+
+    # The daemon goes on: it answers, and another producer's put is right.
+    assert client.ping() > 0
+    y = make("float32", (1 << 20,)) * 2
+    client.put("gpu/after-kill", y)
+    assert_same(client.get("gpu/after-kill"), y)
+
+    # The killed put is either complete and right, or not there: never partial.
+    deadline = time.monotonic() + 30
+    while client.stats().open_creates and time.monotonic() < deadline:
+        time.sleep(0.2)
+    open_creates = client.stats().open_creates
+    print(f"\n[{mode}] open creates 30 s after the kill: {open_creates}")
+    try:
+        got = client.get("gpu/killed")
+    except Exception as e:  # noqa: BLE001 - NotFound expected when the put did not finish
+        print(f"[{mode}] gpu/killed is absent: {type(e).__name__}")
+    else:
+        assert got.size == 64 << 20
+        assert np.all(got == got[0]) and got[0] in (5.0, 6.0), "a partial copy became visible"
+        print(f"[{mode}] gpu/killed is complete (value {got[0]})")
