@@ -147,7 +147,10 @@ class Object {
   std::uint64_t version() const noexcept { return info().version; }
   std::uint64_t nbytes() const noexcept { return info().nbytes; }
   bool valid() const noexcept { return lease_ != nullptr; }
-  /// Gives the lease back now; data() is invalid afterwards. Idempotent.
+  /// Gives the lease back now; data() is invalid afterwards. Idempotent. The
+  /// release is sent without waiting for an answer (so dropping an object
+  /// costs no round trip); the daemon has applied it by the time it answers
+  /// this client's next call.
   void release();
 
   /// Shares ownership of the lease (used by the Python and torch adapters to
