@@ -60,6 +60,8 @@ class Server {
   Counters& counters() noexcept { return counters_; }
   std::size_t clients() const noexcept { return sessions_.size(); }
   double uptime_s() const;
+  /// True once stop() began.
+  bool stopping() const noexcept { return stopping_; }
   int cuda_devices() const noexcept;
 
   /// Sessions call this when they end.

@@ -560,7 +560,15 @@ awaitable<Reply> Session::on_cuda_put(wire::CudaPutT& m) {
     *result = std::move(s);
     timer->cancel();
   });
+  wait_timer_ = timer;  // close() wakes us when the daemon stops
   while (!result->has_value()) {
+    if (server_.stopping()) {
+      // The copy may still write into the extent: leave the object open (the
+      // engine's bounded shutdown wait comes before the pool goes away).
+      open_.erase(id);
+      co_return error_reply(Error{Errc::system_error, "put '" + printable_name(m.name) +
+                                                          "': tensorshmd is stopping; the copy was not confirmed"});
+    }
     error_code ec;
     co_await timer->async_wait(nothrow(ec));
   }

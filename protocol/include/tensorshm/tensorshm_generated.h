@@ -686,8 +686,8 @@ struct BodyUnion {
 bool VerifyBody(flatbuffers::Verifier &verifier, const void *obj, Body type);
 bool VerifyBodyVector(flatbuffers::Verifier &verifier, const flatbuffers::Vector<flatbuffers::Offset<void>> *values, const flatbuffers::Vector<Body> *types);
 
-/// DLPack's DLDataType: code (0 int, 1 uint, 2 float, 4 opaque handle,
-/// 5 bfloat, 6 complex, 7 bool, 8.. float8 variants), bits per lane, lanes.
+/// DLPack's DLDataType: code (0 int, 1 uint, 2 float, 3 opaque handle,
+/// 4 bfloat, 5 complex, 6 bool, 7..14 float8 variants), bits per lane, lanes.
 FLATBUFFERS_MANUALLY_ALIGNED_STRUCT(2) DType FLATBUFFERS_FINAL_CLASS {
  private:
   uint8_t code_;
