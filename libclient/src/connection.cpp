@@ -6,7 +6,11 @@
 #include <sys/un.h>
 #include <unistd.h>
 
+#include <pthread.h>
+
+#include <atomic>
 #include <cerrno>
+#include <mutex>
 #include <cstring>
 
 #include "tensorshm/io.hpp"
@@ -15,6 +19,20 @@
 #include "tensorshm/sys_call.hpp"
 
 namespace tensorshm::detail {
+namespace {
+
+// glibc no longer caches getpid(), and the fork check runs on every call: a
+// counter that a pthread_atfork child handler bumps answers it without a
+// system call.
+std::atomic<std::uint64_t> g_forks{0};
+std::once_flag g_atfork_once;
+
+std::uint64_t fork_generation() noexcept {
+  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); }); });
+  return g_forks.load(std::memory_order_relaxed);
+}
+
+}  // namespace
 
 Mapping::~Mapping() {
   if (addr != nullptr) ::munmap(addr, size);
@@ -94,6 +112,7 @@ Status Connection::connect_locked() {
                      "TENSORSHM_SOCKET to the socket it listens on."};
   }
   pid_ = ::getpid();
+  fork_gen_ = fork_generation();
   broken_ = false;
   ++epoch_;
   pool_maps_.clear();
@@ -150,7 +169,7 @@ Error Connection::lost(const Error& why) {
 }
 
 Status Connection::ensure_connected_locked() {
-  if (fd_ >= 0 && !broken_ && pid_ == ::getpid()) return ok_status();
+  if (fd_ >= 0 && !broken_ && fork_gen_ == fork_generation()) return ok_status();
   return connect_locked();
 }
 
@@ -280,7 +299,7 @@ Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segmen
 void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept {
   try {
     auto lk = lock();
-    if (epoch != epoch_ || broken_ || fd_ < 0 || pid_ != ::getpid()) return;
+    if (epoch != epoch_ || broken_ || fd_ < 0 || fork_gen_ != fork_generation()) return;
     // One-way: the daemon sends no reply, so dropping an object costs one
     // send, not a round trip. Requests stay ordered on the stream.
     wire::ReleaseT r;
@@ -297,7 +316,7 @@ void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept 
 void Connection::abort(std::uint64_t object_id, std::uint64_t epoch) noexcept {
   try {
     auto lk = lock();
-    if (epoch != epoch_ || broken_ || fd_ < 0 || pid_ != ::getpid()) return;
+    if (epoch != epoch_ || broken_ || fd_ < 0 || fork_gen_ != fork_generation()) return;
     wire::AbortT r;
     r.object_id = object_id;
     (void)call_locked(std::move(r));

@@ -89,6 +89,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::mutex mu_;
   int fd_ = -1;
   pid_t pid_ = 0;
+  std::uint64_t fork_gen_ = 0;  // fork generation when connected: a child sees another
   bool broken_ = false;
   std::uint64_t epoch_ = 0;
   std::uint32_t next_request_ = 1;
