@@ -142,7 +142,7 @@ class RuntimeCudaApi final : public CudaApi {
     else (*done)(cuda_error("stream work", "copy stream", status));
   }
 
-  /// Makes `device` current on this thread (the io thread and the helper
+  /// Makes `device` current on this thread (the engine thread and the helper
   /// thread each have their own current device).
   static Status use(int device) {
     thread_local int current = -1;
@@ -162,6 +162,7 @@ std::unique_ptr<CudaApi> make_runtime_cuda_api() { return std::make_unique<Runti
 std::unique_ptr<CopyEngine> make_cuda_copy_engine(const Config& config, boost::asio::io_context& io, Pool& pool) {
   CudaCopyEngine::Options options;
   options.handle_cache = config.cuda_handle_cache;
+  options.copy_timeout = std::chrono::milliseconds(config.cuda_copy_timeout_ms);
   auto engine = CudaCopyEngine::create(make_runtime_cuda_api(), io, options);
   if (!engine) {
     log::notice("no usable GPU (", engine.error().message,

@@ -2,9 +2,11 @@
 // lookup by uuid, pinning in chunks, the per-connection handle caches and
 // streams, the order of the calls for one put (open handles, wait on the
 // producer's event, copy, completion callback) and the bookkeeping that
-// closes handles only when no copy uses them. Completions arrive on CUDA's
-// threads and are posted to the io_context; nothing here waits for the GPU
-// except the helper thread that copies into memory CUDA could not pin.
+// closes handles only when no copy uses them, and the threads: the io thread
+// notes each put and its timeout and answers it; the engine thread makes
+// every CUDA call; CUDA's callbacks and the helper thread that copies into
+// memory CUDA could not pin only enqueue on the engine thread. Nothing on the
+// io thread calls CUDA or waits for the engine thread without a bound.
 #include "cuda_copy_engine.hpp"
 
 #include <chrono>
@@ -81,28 +83,50 @@ std::vector<HandleCache::Entry> HandleCache::take_all() {
   return out;
 }
 
-// ---- BlockingWorker ---------------------------------------------------------
+// ---- JobThread ----------------------------------------------------------------
 
-/// One helper thread for the calls that block until the GPU is done (copies
-/// into memory that could not be pinned). Jobs run in order.
-class BlockingWorker {
+/// One thread running jobs in order. The engine has two: the engine thread,
+/// which makes every CudaApi call, and a helper for copies into memory that
+/// could not be pinned (they block until done). Jobs may be pushed from any
+/// thread; after close() they are dropped. A thread stuck in a job can be
+/// abandoned (detach) at shutdown: the process is exiting.
+class JobThread {
  public:
-  BlockingWorker() : thread_([this] { loop(); }) {}
-  ~BlockingWorker() {
-    {
-      std::lock_guard lk(mu_);
-      stop_ = true;
-    }
-    cv_.notify_all();
-    thread_.join();
+  JobThread() : thread_([this] { loop(); }) {}
+  ~JobThread() {
+    close();
+    if (thread_.joinable()) thread_.join();  // finishes the jobs queued before close()
   }
+  JobThread(const JobThread&) = delete;
+  JobThread& operator=(const JobThread&) = delete;
+
   void run(std::function<void()> job) {
     {
       std::lock_guard lk(mu_);
+      if (closed_) return;
       jobs_.push_back(std::move(job));
     }
     cv_.notify_all();
   }
+  void close() {
+    {
+      std::lock_guard lk(mu_);
+      closed_ = true;
+    }
+    cv_.notify_all();
+  }
+  /// Leaves the thread to process exit (it is stuck in a call that may never
+  /// return). The JobThread must then never be destroyed: see leak().
+  void detach() {
+    {
+      std::lock_guard lk(mu_);
+      closed_ = true;
+      jobs_.clear();  // they would touch an engine that is gone
+    }
+    cv_.notify_all();
+    thread_.detach();
+  }
+  bool on_this_thread() const noexcept { return std::this_thread::get_id() == thread_.get_id(); }
 
  private:
   void loop() {
@@ -110,8 +134,8 @@ class BlockingWorker {
       std::function<void()> job;
       {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return stop_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;  // stop_ and drained
+        cv_.wait(lk, [&] { return closed_ || !jobs_.empty(); });
+        if (jobs_.empty()) return;  // closed and drained
         job = std::move(jobs_.front());
         jobs_.pop_front();
       }
@@ -121,9 +145,21 @@ class BlockingWorker {
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
-  bool stop_ = false;
-  std::thread thread_;
+  bool closed_ = false;
+  std::thread thread_;  // last: starts once the rest is ready
 };
+
+namespace {
+
+/// Gives up a stuck thread: detached, and its JobThread (which the thread
+/// still uses) never freed.
+void leak(std::shared_ptr<JobThread>& t) {
+  if (!t) return;
+  t->detach();
+  new std::shared_ptr<JobThread>(std::move(t));  // intentionally never deleted
+}
+
+}  // namespace
 
 // ---- CudaCopyEngine ---------------------------------------------------------
 
@@ -148,11 +184,21 @@ std::string format_uuid(const DeviceUuid& u) {
   return s;
 }
 
+struct CudaCopyEngine::Pending {
+  Done done;
+  std::unique_ptr<asio::steady_timer> timer;  // the put's timeout; null when there is none
+  const void* dst = nullptr;
+  std::uint64_t nbytes = 0;
+  std::string object;
+};
+
 CudaCopyEngine::CudaCopyEngine(std::shared_ptr<CudaApi> api, asio::io_context& io, Options options)
-    : api_(std::move(api)), io_(io), options_(options) {}
+    : api_(std::move(api)), io_(io), options_(options), engine_thread_(std::make_shared<JobThread>()) {}
 
 Result<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::create(std::shared_ptr<CudaApi> api, asio::io_context& io,
                                                                Options options) {
+  // Discovery runs on the caller's thread: nothing is queued yet, and no
+  // producer can have wedged a device.
   auto count = api->device_count();
   if (!count) return std::move(count).error();
   if (*count == 0) return Error{Errc::no_gpu, "the CUDA driver reports no device"};
@@ -166,11 +212,69 @@ Result<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::create(std::shared_ptr<C
   return e;
 }
 
+bool CudaCopyEngine::on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience) {
+  if (engine_thread_->on_this_thread()) {
+    job();
+    return true;
+  }
+  struct Flag {
+    std::mutex mu;
+    std::condition_variable cv;
+    bool done = false;
+  };
+  auto flag = std::make_shared<Flag>();
+  engine_thread_->run([job = std::move(job), flag] {
+    job();
+    {
+      std::lock_guard lk(flag->mu);
+      flag->done = true;
+    }
+    flag->cv.notify_all();
+  });
+  std::unique_lock lk(flag->mu);
+  if (!patience) {
+    flag->cv.wait(lk, [&] { return flag->done; });
+    return true;
+  }
+  return flag->cv.wait_for(lk, *patience, [&] { return flag->done; });
+}
+
+void CudaCopyEngine::drain() {
+  on_engine([] {});
+}
+
 CudaCopyEngine::~CudaCopyEngine() {
   if (pool_ != nullptr) {
     pool_->on_segment_added = nullptr;
     pool_->on_segment_removed = nullptr;
   }
+  // The engine thread waits for the copies in flight (bounded by
+  // shutdown_patience) and gives everything back; this thread waits for it a
+  // little longer than that. If it is stuck in a CUDA call that never returns
+  // (a device wedged by a producer killed mid-copy), the destructor returns
+  // anyway: the process is exiting, which releases the GPU resources.
+  auto released = std::make_shared<bool>(false);  // outlives this frame if the wait gives up
+  const bool answered = on_engine([this, released] { *released = shut_down(); },
+                                  options_.shutdown_patience + options_.hook_patience);
+  alive_.reset();  // completions posted from now on are dropped
+  pending_.clear();
+  if (!answered) {
+    log::warning("copy engine stopping while its thread is stuck in a CUDA call; leaving it and the GPU resources "
+                 "to process exit");
+    leak(engine_thread_);
+    leak(worker_);
+    return;
+  }
+  if (!*released) {
+    leak(worker_);  // its thread may be blocked in such a copy; never joined
+    engine_thread_.reset();
+    return;
+  }
+  worker_.reset();          // finishes its jobs first
+  engine_thread_.reset();   // idle: shut_down ran last
+}
+
+bool CudaCopyEngine::shut_down() {
   // Let the copies in flight finish, for a bounded time: a stream waiting on
   // the event of a producer that died before its work ran may never drain.
   if (!copies_.empty()) log::notice("copy engine stopping: waiting for ", copies_.size(), " copy(ies) in flight");
@@ -187,24 +291,27 @@ CudaCopyEngine::~CudaCopyEngine() {
         }
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
-  alive_.reset();  // completions posted from now on are dropped
   if (stuck > 0) {
     // Closing handles or unpinning memory a DMA may still target is unsafe;
     // the process is exiting, which releases everything anyway.
     log::warning("copy engine stopping with ", stuck, " stream(s) still waiting on a producer's event; "
                  "leaving their CUDA resources to process exit");
-    worker_.release();  // its thread may be blocked in such a copy; never joined
-    return;
+    return false;
   }
-  worker_.reset();  // finishes its jobs first
+  worker_.reset();  // finishes its copies first (their streams are done)
   for (auto& [id, s] : sessions_) {
     for (const auto& e : s.mems.take_all()) close_mem(e);
     for (const auto& e : s.events.take_all()) close_event(e);
     for (auto [dev, stream] : s.streams) (void)api_->destroy_stream(dev, stream);
   }
-  for (auto& d : devices_)
+  sessions_.clear();
+  for (auto& d : devices_) {
     for (void* stream : d.idle_streams) (void)api_->destroy_stream(d.ordinal, stream);
+    d.idle_streams.clear();
+  }
   for (auto& [id, r] : regions_) unpin(r);
+  regions_.clear();
+  return true;
 }
 
 void CudaCopyEngine::attach(Pool& pool) {
@@ -219,13 +326,41 @@ void CudaCopyEngine::attach(Pool& pool) {
   }
   log::notice("pinned ", pinned, " of ", pool.pool_segments().size(), " pool segment(s), ", bytes, " bytes, in ",
               ms_since(t0), " ms (cudaHostRegister in chunks of at most ", options_.pin_chunk, " bytes)");
+  // Dedicated segments come and go on the io thread. Pinning one may wait for
+  // the engine thread: at most hook_patience, after which the pinning stays
+  // queued (it still runs before any later put into that segment, jobs run in
+  // order). Unpinning must finish before the pool unmaps the segment; when it
+  // does not in time the segment stays mapped until the pool is destroyed:
+  // leaking its memory beats unmapping pages CUDA may still have registered
+  // (and a DMA may still target), and the io thread is never held for ever.
   pool.on_segment_added = [this](const Segment& s) {
-    add_region(s.id(), s.base(), s.size(), "dedicated segment " + s.name());
+    const std::uint32_t id = s.id();
+    std::byte* base = s.base();
+    const std::uint64_t size = s.size();
+    std::string what = "dedicated segment " + s.name();
+    if (!on_engine([this, id, base, size, what] { add_region_now(id, base, size, what); }, options_.hook_patience))
+      log::warning("pinning ", what, " is queued behind a CUDA call that has not returned for ",
+                   options_.hook_patience.count(), " ms; GPU puts into it wait for it");
   };
-  pool.on_segment_removed = [this](const Segment& s) { remove_region(s.id()); };
+  pool.on_segment_removed = [this](const Segment& s) {
+    const std::uint32_t id = s.id();
+    if (on_engine([this, id] { remove_region_now(id); }, options_.hook_patience)) return true;
+    log::warning("unpinning dedicated segment ", s.name(), " is queued behind a CUDA call that has not returned for ",
+                 options_.hook_patience.count(), " ms; keeping it mapped (", s.size(),
+                 " bytes) until tensorshmd stops");
+    return false;
+  };
 }
 
 void CudaCopyEngine::add_region(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what) {
+  on_engine([&] { add_region_now(id, base, bytes, what); });
+}
+
+void CudaCopyEngine::remove_region(std::uint32_t id) {
+  on_engine([&] { remove_region_now(id); });
+}
+
+void CudaCopyEngine::add_region_now(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what) {
   Region r{id, base, bytes, true, {}, what};
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t off = 0; off < bytes; off += options_.pin_chunk) {
@@ -244,7 +379,7 @@ void CudaCopyEngine::add_region(std::uint32_t id, std::byte* base, std::uint64_t
   regions_[id] = std::move(r);
 }
 
-void CudaCopyEngine::remove_region(std::uint32_t id) {
+void CudaCopyEngine::remove_region_now(std::uint32_t id) {
   auto it = regions_.find(id);
   if (it == regions_.end()) return;
   unpin(it->second);
@@ -257,36 +392,80 @@ void CudaCopyEngine::unpin(Region& r) {
   r.chunks.clear();
 }
 
-bool CudaCopyEngine::region_pinned(std::uint32_t id) const {
-  auto it = regions_.find(id);
-  return it != regions_.end() && it->second.pinned;
+bool CudaCopyEngine::region_pinned(std::uint32_t id) {
+  bool pinned = false;
+  on_engine([&] {
+    auto it = regions_.find(id);
+    pinned = it != regions_.end() && it->second.pinned;
+  });
+  return pinned;
 }
 
-std::size_t CudaCopyEngine::cached_handles(std::uint64_t session) const {
-  auto it = sessions_.find(session);
-  return it == sessions_.end() ? 0 : it->second.mems.size();
+std::size_t CudaCopyEngine::in_flight() {
+  std::size_t n = 0;
+  on_engine([&] { n = copies_.size(); });
+  return n;
 }
 
-std::size_t CudaCopyEngine::cached_events(std::uint64_t session) const {
-  auto it = sessions_.find(session);
-  return it == sessions_.end() ? 0 : it->second.events.size();
+std::size_t CudaCopyEngine::sessions() {
+  std::size_t n = 0;
+  on_engine([&] { n = sessions_.size(); });
+  return n;
+}
+
+std::size_t CudaCopyEngine::cached_handles(std::uint64_t session) {
+  std::size_t n = 0;
+  on_engine([&] {
+    auto it = sessions_.find(session);
+    n = it == sessions_.end() ? 0 : it->second.mems.size();
+  });
+  return n;
+}
+
+std::size_t CudaCopyEngine::cached_events(std::uint64_t session) {
+  std::size_t n = 0;
+  on_engine([&] {
+    auto it = sessions_.find(session);
+    n = it == sessions_.end() ? 0 : it->second.events.size();
+  });
+  return n;
 }
 
 // ---- one put ----------------------------------------------------------------
 
 void CudaCopyEngine::submit(Request request, Done done) {
-  const std::string object = "put '" + request.object_name + "'";
-  if (auto st = start(request, object, done); !st) {
-    log::warning(st.error().message);
-    post_done(std::move(done), std::move(st));
+  // On the io thread: note the put, arm its timeout, hand it to the engine
+  // thread. Nothing here calls CUDA or waits.
+  const std::uint64_t id = next_copy_++;
+  auto p = std::make_unique<Pending>();
+  p->done = std::move(done);
+  p->dst = request.dst;
+  p->nbytes = request.nbytes;
+  p->object = "put '" + request.object_name + "'";
+  if (request.nbytes == 0) {  // an empty tensor: nothing to wait for or copy
+    pending_[id] = std::move(p);
+    post_complete(id, ok_status());
+    return;
   }
+  if (options_.copy_timeout.count() > 0) {
+    p->timer = std::make_unique<asio::steady_timer>(io_, options_.copy_timeout);
+    p->timer->async_wait([this, alive = std::weak_ptr<int>(alive_), id](const boost::system::error_code& ec) {
+      if (!ec && !alive.expired()) time_out(id);
+    });
+  }
+  std::string object = p->object;
+  pending_[id] = std::move(p);
+  engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), id, r = std::move(request),
+                       object = std::move(object)]() mutable {
+    if (alive.expired()) return;
+    if (auto st = start(id, r, object); !st) {
+      log::warning(st.error().message);
+      post_complete(id, std::move(st));
+    }
+  });
 }
 
-Status CudaCopyEngine::start(Request& r, const std::string& object, Done& done) {
-  if (r.nbytes == 0) {  // an empty tensor: nothing to wait for or copy
-    post_done(std::move(done), ok_status());
-    return ok_status();
-  }
+Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object) {
   auto dev = device_for(r, object);
   if (!dev) return std::move(dev).error();
   const Region* region = region_for(r.dst, r.nbytes);
@@ -311,24 +490,24 @@ Status CudaCopyEngine::start(Request& r, const std::string& object, Done& done) 
   }
   // From here on the copy is queued (or about to be): the handles it uses stay
   // open until finish() runs.
-  const std::uint64_t id = next_copy_++;
   (*mem)->busy++;
   if (has_event) s.events.find(r.event_handle)->busy++;
   s.in_flight++;
-  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt,
-                     std::move(done), object};
+  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt, object};
   const auto* src = static_cast<const std::byte*>((*mem)->ptr) + r.alloc_offset;
   auto pieces = split(*region, r.dst, src, r.nbytes);
+  const std::weak_ptr<JobThread> back = engine_thread_;
 
   if (!region->pinned) {
     // Into pageable memory cudaMemcpyAsync returns only when the copy is
-    // done: keep that wait off the io thread.
-    if (!worker_) worker_ = std::make_unique<BlockingWorker>();
-    worker_->run([this, api = api_.get(), device, st = *stream, pieces, id, object] {
+    // done: keep that wait off the engine thread too.
+    if (!worker_) worker_ = std::make_shared<JobThread>();
+    worker_->run([this, back, alive = std::weak_ptr<int>(alive_), api = api_, device, st = *stream, pieces, id,
+                  object] {
       Status status = ok_status();
       for (const auto& p : pieces)
         if (!(status = api->copy_to_host(device, st, p.dst, p.src, p.bytes, object))) break;
-      post_finish(io_, alive_, this, id, std::move(status));
+      post_finish(back, alive, this, id, std::move(status));
     });
     return ok_status();
   }
@@ -339,11 +518,11 @@ Status CudaCopyEngine::start(Request& r, const std::string& object, Done& done) 
   // handles stay in use until the stream passes them.
   auto queued = api_->when_done(
       device, *stream,
-      [io = &io_, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
-        post_finish(*io, alive, engine, id, issued ? std::move(st) : issued);
+      [back, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
+        post_finish(back, alive, engine, id, issued ? std::move(st) : issued);
       },
       object);
-  if (!queued) post_finish(io_, alive_, this, id, issued ? std::move(queued) : issued);
+  if (!queued) finish(id, issued ? std::move(queued) : issued);
   return ok_status();
 }
 
@@ -435,20 +614,25 @@ std::vector<CudaCopyEngine::Piece> CudaCopyEngine::split(const Region& region, v
 
 // ---- completions ------------------------------------------------------------
 
-void CudaCopyEngine::post_done(Done done, Status status) {
-  asio::post(io_, [done = std::move(done), status = std::move(status)]() mutable { done(std::move(status)); });
+void CudaCopyEngine::post_finish(const std::weak_ptr<JobThread>& engine_thread, std::weak_ptr<int> alive,
+                                 CudaCopyEngine* engine, std::uint64_t copy_id, Status status) {
+  // Runs on CUDA's callback thread or the helper thread: it only enqueues on
+  // the engine thread, which touches the engine once it is known alive (the
+  // engine joins that thread before its state goes away).
+  if (auto t = engine_thread.lock())
+    t->run([alive = std::move(alive), engine, copy_id, status = std::move(status)]() mutable {
+      if (!alive.expired()) engine->finish(copy_id, std::move(status));
+    });
 }
 
-void CudaCopyEngine::post_finish(asio::io_context& io, std::weak_ptr<int> alive, CudaCopyEngine* engine,
-                                 std::uint64_t copy_id, Status status) {
-  // Runs on CUDA's callback thread or the helper thread: it only posts, and
-  // the engine is touched on the io thread once it is known to be alive.
-  asio::post(io, [alive = std::move(alive), engine, copy_id, status = std::move(status)]() mutable {
-    if (!alive.expired()) engine->finish(copy_id, std::move(status));
+void CudaCopyEngine::post_complete(std::uint64_t copy_id, Status status) {
+  asio::post(io_, [this, alive = std::weak_ptr<int>(alive_), copy_id, status = std::move(status)]() mutable {
+    if (!alive.expired()) complete(copy_id, std::move(status));
   });
 }
 
 void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
+  // Engine thread: the stream passed the copy; give its handles back.
   auto node = copies_.extract(copy_id);
   if (node.empty()) return;
   Copy& c = node.mapped();
@@ -464,22 +648,55 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
     log::warning(status.error().message);
   }
   if (s.closed && s.in_flight == 0) drop_session(c.session);
-  c.done(std::move(status));
+  post_complete(copy_id, std::move(status));
+}
+
+void CudaCopyEngine::complete(std::uint64_t copy_id, Status status) {
+  // io thread: answer the put, unless its timeout answered it already.
+  auto node = pending_.extract(copy_id);
+  if (node.empty()) {
+    log::notice("a GPU copy that had timed out ended after all (", status ? "completed" : status.error().message,
+                "); its destination stays quarantined");
+    return;
+  }
+  node.mapped()->done(std::move(status));
+}
+
+void CudaCopyEngine::time_out(std::uint64_t copy_id) {
+  // io thread. The DMA may still be queued and land later: the destination is
+  // quarantined so that nothing else is ever allocated there.
+  auto node = pending_.extract(copy_id);
+  if (node.empty()) return;
+  Pending& p = *node.mapped();
+  quarantined_.emplace_back(p.dst, p.nbytes);
+  if (pool_ != nullptr) pool_->quarantine(static_cast<const std::byte*>(p.dst), p.nbytes);
+  Error e{Errc::cuda_error, p.object + ": the device-to-host copy did not complete within " +
+                                std::to_string(options_.copy_timeout.count()) +
+                                " ms; the producer may have died mid-copy (its destination is quarantined until "
+                                "tensorshmd restarts)"};
+  log::warning(e.message);
+  p.done(std::move(e));
 }
 
 void CudaCopyEngine::forget_handle(std::uint64_t session, const std::array<std::uint8_t, 64>& handle) {
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
-  if (auto idle = it->second.mems.forget(handle)) close_mem(*idle);
+  engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), session, handle] {
+    if (alive.expired()) return;
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return;
+    if (auto idle = it->second.mems.forget(handle)) close_mem(*idle);
+  });
 }
 
 void CudaCopyEngine::session_closed(std::uint64_t session) {
-  auto it = sessions_.find(session);
-  if (it == sessions_.end()) return;
-  it->second.closed = true;
-  if (it->second.in_flight == 0) drop_session(session);
-  else log::info("session ", session, " left with ", it->second.in_flight,
-                 " GPU copy(ies) in flight; its CUDA handles close when they finish");
+  engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), session] {
+    if (alive.expired()) return;
+    auto it = sessions_.find(session);
+    if (it == sessions_.end()) return;
+    it->second.closed = true;
+    if (it->second.in_flight == 0) drop_session(session);
+    else log::info("session ", session, " left with ", it->second.in_flight,
+                   " GPU copy(ies) in flight; its CUDA handles close when they finish");
+  });
 }
 
 void CudaCopyEngine::drop_session(std::uint64_t session) {

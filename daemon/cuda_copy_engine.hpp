@@ -5,14 +5,24 @@
 // producer connection, keyed by the handle bytes, in a bounded LRU; a handle
 // is never closed while a copy uses it. Each producer connection gets its own
 // stream per device (recycled when it leaves), so a producer whose event never
-// fires (it died before its work ran) stalls only itself. All state lives on
-// the io_context thread; CUDA's completion callbacks only post to it.
+// fires (it died before its work ran) stalls only itself.
+//
+// Every CudaApi call runs on one engine thread, never on the io_context
+// thread: a CUDA call that blocks behind a wedged copy (a producer killed
+// mid-copy) then stalls GPU puts only, never the event loop and its CPU-only
+// clients. submit/forget_handle/session_closed only enqueue; the engine's
+// state (handle caches, streams, regions, copies in flight) is touched only
+// on the engine thread; CUDA's callbacks enqueue there too. Each put's
+// answer, and its timeout (Options::copy_timeout), live on the io thread,
+// which calls `done` exactly once; a timed-out put's destination is
+// quarantined in the pool, since its DMA may still land.
 #pragma once
 
 #include <algorithm>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <list>
 #include <map>
 #include <memory>
@@ -25,7 +35,7 @@
 
 namespace tensorshm::daemon {
 
-class BlockingWorker;
+class JobThread;
 
 /// Opened handles of one producer connection, least recently used last.
 /// Entries in use (busy > 0) are never closed; an entry the producer forgot
@@ -66,6 +76,11 @@ class CudaCopyEngine final : public CopyEngine {
     std::uint32_t event_cache = 64;         // opened event handles kept per connection
     std::uint64_t pin_chunk = 1ull << 30;   // bytes per cudaHostRegister call
     std::chrono::milliseconds shutdown_patience{10000};  // wait for copies in flight when destroyed
+    std::chrono::milliseconds copy_timeout{30000};       // fail a put not copied by then; 0: never
+    // How long the io thread waits for the engine thread to pin or unpin a
+    // dedicated segment. Pinning takes ~0.1 s per GiB, so this is only ever
+    // reached when the engine thread is stuck in a CUDA call.
+    std::chrono::milliseconds hook_patience{5000};
   };
 
   /// Discovers the devices. An Error (no_gpu: no driver, no device) when
@@ -83,19 +98,28 @@ class CudaCopyEngine final : public CopyEngine {
 
   /// Pins [base, base + bytes) in chunks of at most options.pin_chunk. When
   /// pinning fails the region is left pageable (logged once) and copies into
-  /// it run on a helper thread, since they then block until done.
+  /// it run on a helper thread, since they then block until done. Runs on
+  /// the engine thread; returns when it is done.
   void add_region(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
   void remove_region(std::uint32_t id);
   /// Pins the pool's segments now (logging how long it took) and follows the
-  /// segments it adds and removes later; detaches in the destructor.
+  /// segments it adds and removes later, waiting at most
+  /// options.hook_patience for the engine thread each time; a segment the
+  /// engine could not unpin in time stays mapped (Pool::on_segment_removed).
+  /// Puts that time out are quarantined in this pool. Detaches in the
+  /// destructor.
   void attach(Pool& pool);
 
-  // Observations, for tests and the log.
-  std::size_t in_flight() const noexcept { return copies_.size(); }
-  std::size_t sessions() const noexcept { return sessions_.size(); }
-  std::size_t cached_handles(std::uint64_t session) const;
-  std::size_t cached_events(std::uint64_t session) const;
-  bool region_pinned(std::uint32_t id) const;
+  // Observations, for tests and the log. Each waits for the engine thread.
+  std::size_t in_flight();
+  std::size_t sessions();
+  std::size_t cached_handles(std::uint64_t session);
+  std::size_t cached_events(std::uint64_t session);
+  bool region_pinned(std::uint32_t id);
+  /// Returns once everything enqueued before the call has run on the engine thread.
+  void drain();
+  /// Destinations of puts that timed out (io thread).
+  const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
 
  private:
   struct Device {
@@ -119,13 +143,13 @@ class CudaCopyEngine final : public CopyEngine {
     std::uint32_t in_flight = 0;
     bool closed = false;
   };
-  struct Copy {
+  struct Copy {  // engine thread
     std::uint64_t session = 0;
     IpcBytes mem_key{};
     std::optional<IpcBytes> event_key;
-    Done done;
     std::string object;
   };
+  struct Pending;  // io thread: a put not answered yet
   struct Piece {
     void* dst;
     const void* src;
@@ -133,7 +157,14 @@ class CudaCopyEngine final : public CopyEngine {
   };
 
   CudaCopyEngine(std::shared_ptr<CudaApi> api, boost::asio::io_context& io, Options options);
-  Status start(Request& r, const std::string& object, Done& done);
+  /// Runs `job` on the engine thread and waits for it, at most `patience`
+  /// when given; false when it had not run by then (it still runs later, so
+  /// it must own what it uses).
+  bool on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience = std::nullopt);
+  Status start(std::uint64_t id, Request& r, const std::string& object);
+  void add_region_now(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
+  void remove_region_now(std::uint32_t id);
+  bool shut_down();
   Result<Device*> device_for(const Request& r, const std::string& object);
   const Region* region_for(const void* dst, std::uint64_t bytes) const;
   Result<void*> stream_for(SessionState& s, Device& d, const std::string& object);
@@ -142,9 +173,11 @@ class CudaCopyEngine final : public CopyEngine {
                                          const std::string& object);
   std::vector<Piece> split(const Region& region, void* dst, const void* src, std::uint64_t bytes) const;
   void finish(std::uint64_t copy_id, Status status);
-  void post_done(Done done, Status status);
-  static void post_finish(boost::asio::io_context& io, std::weak_ptr<int> alive, CudaCopyEngine* engine,
-                          std::uint64_t copy_id, Status status);
+  void complete(std::uint64_t copy_id, Status status);
+  void time_out(std::uint64_t copy_id);
+  void post_complete(std::uint64_t copy_id, Status status);
+  static void post_finish(const std::weak_ptr<JobThread>& engine_thread, std::weak_ptr<int> alive,
+                          CudaCopyEngine* engine, std::uint64_t copy_id, Status status);
   // A cache keeps at least the entry just opened.
   std::size_t mem_capacity() const noexcept { return std::max<std::size_t>(1, options_.handle_cache); }
   std::size_t event_capacity() const noexcept { return std::max<std::size_t>(1, options_.event_cache); }
@@ -160,10 +193,13 @@ class CudaCopyEngine final : public CopyEngine {
   std::map<std::uint32_t, Region> regions_;
   std::map<std::uint64_t, SessionState> sessions_;
   std::map<std::uint64_t, Copy> copies_;
-  std::uint64_t next_copy_ = 1;
+  std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
+  std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
+  std::uint64_t next_copy_ = 1;  // io thread
   Pool* pool_ = nullptr;
-  std::unique_ptr<BlockingWorker> worker_;
+  std::shared_ptr<JobThread> worker_;   // copies into unpinned memory, which block until done
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // callbacks check it before touching the engine
+  std::shared_ptr<JobThread> engine_thread_;  // every CudaApi call runs here
 };
 
 /// Formats a device uuid as nvidia-smi does: "GPU-xxxxxxxx-xxxx-xxxx-xxxx-xxxxxxxxxxxx".

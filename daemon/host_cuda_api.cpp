@@ -181,6 +181,35 @@ bool HostCudaApi::copies_stayed_within_one_registration() const {
   return !straddled_;
 }
 
+void HostCudaApi::block_next(const std::string& call) {
+  std::lock_guard lk(mu_);
+  block_call_ = call;
+  released_ = false;
+}
+
+void HostCudaApi::unblock() {
+  {
+    std::lock_guard lk(mu_);
+    released_ = true;
+    block_call_.clear();
+  }
+  unblocked_.notify_all();
+}
+
+bool HostCudaApi::blocked() const {
+  std::lock_guard lk(mu_);
+  return parked_;
+}
+
+void HostCudaApi::maybe_block(const std::string& call) {
+  std::unique_lock lk(mu_);
+  if (block_call_.empty() || block_call_ != call) return;
+  block_call_.clear();
+  parked_ = true;
+  unblocked_.wait(lk, [&] { return released_; });
+  parked_ = false;
+}
+
 // ---- CudaApi ------------------------------------------------------------------
 
 Status HostCudaApi::injected(const std::string& call, std::string_view object) {
@@ -219,6 +248,7 @@ Result<DeviceUuid> HostCudaApi::device_uuid(int device) {
 std::string HostCudaApi::device_name(int device) { return "host-simulated GPU " + std::to_string(device); }
 
 Result<void*> HostCudaApi::create_stream(int device) {
+  maybe_block("cudaStreamCreateWithFlags");
   std::lock_guard lk(mu_);
   TSHM_TRY(check_device(device, "cudaStreamCreateWithFlags"));
   TSHM_TRY(injected("cudaStreamCreateWithFlags", "copy stream"));
@@ -238,6 +268,7 @@ Status HostCudaApi::destroy_stream(int, void* stream) {
 }
 
 Result<bool> HostCudaApi::stream_done(int, void* stream) {
+  maybe_block("cudaStreamQuery");
   std::lock_guard lk(mu_);
   Stream* s = stream_of(stream);
   if (s == nullptr) return simulated("cudaStreamQuery", "copy stream", "cudaErrorInvalidResourceHandle");
@@ -246,6 +277,7 @@ Result<bool> HostCudaApi::stream_done(int, void* stream) {
 }
 
 Status HostCudaApi::register_host(void* p, std::size_t bytes, std::string_view what) {
+  maybe_block("cudaHostRegister");
   std::lock_guard lk(mu_);
   TSHM_TRY(injected("cudaHostRegister", what));
   for (const auto& [q, len] : registered_)
@@ -257,12 +289,14 @@ Status HostCudaApi::register_host(void* p, std::size_t bytes, std::string_view w
 }
 
 Status HostCudaApi::unregister_host(void* p, std::string_view what) {
+  maybe_block("cudaHostUnregister");
   std::lock_guard lk(mu_);
   if (registered_.erase(p) == 0) return simulated("cudaHostUnregister", what, "cudaErrorHostMemoryNotRegistered");
   return ok_status();
 }
 
 Result<void*> HostCudaApi::open_mem_handle(int device, const IpcBytes& handle, std::string_view object) {
+  maybe_block("cudaIpcOpenMemHandle");
   std::lock_guard lk(mu_);
   TSHM_TRY(check_device(device, "cudaIpcOpenMemHandle"));
   TSHM_TRY(injected("cudaIpcOpenMemHandle", object));
@@ -275,6 +309,7 @@ Result<void*> HostCudaApi::open_mem_handle(int device, const IpcBytes& handle, s
 }
 
 Status HostCudaApi::close_mem_handle(int, void* base) {
+  maybe_block("cudaIpcCloseMemHandle");
   std::lock_guard lk(mu_);
   auto it = opened_mems_.find(base);
   if (it == opened_mems_.end()) return simulated("cudaIpcCloseMemHandle", "producer allocation", "cudaErrorInvalidValue");
@@ -283,6 +318,7 @@ Status HostCudaApi::close_mem_handle(int, void* base) {
 }
 
 Result<void*> HostCudaApi::open_event_handle(int device, const IpcBytes& handle, std::string_view object) {
+  maybe_block("cudaIpcOpenEventHandle");
   std::lock_guard lk(mu_);
   TSHM_TRY(check_device(device, "cudaIpcOpenEventHandle"));
   TSHM_TRY(injected("cudaIpcOpenEventHandle", object));
@@ -294,6 +330,7 @@ Result<void*> HostCudaApi::open_event_handle(int device, const IpcBytes& handle,
 }
 
 Status HostCudaApi::destroy_event(int, void* event) {
+  maybe_block("cudaEventDestroy");
   std::lock_guard lk(mu_);
   auto* e = static_cast<OpenedEvent*>(event);
   if (opened_events_.erase(e) == 0) return simulated("cudaEventDestroy", "producer event", "cudaErrorInvalidResourceHandle");

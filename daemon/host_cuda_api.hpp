@@ -3,9 +3,9 @@
 // (as a producer would with cudaIpcGetMemHandle); IPC handles are tokens that
 // name it; streams are queues that run only when the test calls run(), so the
 // test decides when a producer's event fires and when copies finish. Errors
-// can be injected per call. Thread-safe: the engine's helper thread calls it
-// too (copies into unpinned memory block there until their stream gets to
-// them, as with CUDA).
+// can be injected per call, and a call made to block as on a wedged device.
+// Thread-safe: the engine thread and its helper thread call it (copies into
+// unpinned memory block there until their stream gets to them, as with CUDA).
 #pragma once
 
 #include <condition_variable>
@@ -46,6 +46,13 @@ class HostCudaApi final : public CudaApi {
   /// The next call named `call` ("cudaIpcOpenMemHandle", "cudaMemcpyAsync",
   /// "cudaHostRegister", ...) fails with `error`.
   void fail_next(const std::string& call, const std::string& error = "cudaErrorInvalidValue");
+  /// The next call named `call` blocks until unblock(), as a CUDA call stuck
+  /// behind a wedged device would (a producer killed mid-copy).
+  void block_next(const std::string& call);
+  /// Lets the blocked call return (and later ones named so not block).
+  void unblock();
+  /// True while a call is parked by block_next.
+  bool blocked() const;
   /// The next copy fails when its stream runs it (an asynchronous error): the
   /// completion callback after it receives the error.
   void fail_next_copy_when_run();
@@ -111,6 +118,7 @@ class HostCudaApi final : public CudaApi {
   };
 
   Status injected(const std::string& call, std::string_view object);
+  void maybe_block(const std::string& call);
   Status check_device(int device, const char* call);
   Stream* stream_of(void* s);
   IpcBytes make_token(char kind, int device);
@@ -131,6 +139,10 @@ class HostCudaApi final : public CudaApi {
   std::map<const void*, std::size_t> registered_;
   std::map<std::string, std::string> failures_;
   bool fail_copy_when_run_ = false;
+  std::string block_call_;      // block_next's call, until it comes
+  bool parked_ = false;         // a call is blocked now
+  bool released_ = false;       // unblock() was called
+  std::condition_variable unblocked_;
   int mem_opens_ = 0;
   int streams_created_ = 0;
   std::size_t copies_run_ = 0;

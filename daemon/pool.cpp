@@ -4,6 +4,7 @@
 #include <sys/statvfs.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 
 #include "log.hpp"
@@ -130,7 +131,27 @@ std::optional<ReaderClass> Pool::segment_class(std::uint32_t id) const {
   return it->second;
 }
 
+void Pool::quarantine(const std::byte* p, std::uint64_t bytes) {
+  for (const auto& [id, s] : segments_)
+    if (p >= s->base() && p < s->base() + s->size()) {
+      const auto off = static_cast<std::uint64_t>(p - s->base());
+      quarantined_.push_back(Extent{id, off, std::min(bytes, s->size() - off)});
+      log::warning("pool: quarantined ", bytes, " bytes of segment ", s->name(), " at offset ", off,
+                   " (a GPU copy into it may still land); they are not reused until tensorshmd restarts");
+      return;
+    }
+}
+
+std::uint64_t Pool::quarantined_bytes() const noexcept {
+  std::uint64_t n = 0;
+  for (const auto& q : quarantined_) n += q.size;
+  return n;
+}
+
 void Pool::free(const Extent& e) {
+  for (const auto& q : quarantined_)
+    if (q.segment_id == e.segment_id && q.offset < e.offset + e.size && e.offset < q.offset + q.size)
+      return;  // a DMA may still land in it: never handed out again
   if (auto a = allocators_.find(e.segment_id); a != allocators_.end()) {
     a->second.free(e.offset, e.size);
     if (a->second.free_bytes() == a->second.capacity()) classes_.erase(e.segment_id);  // empty: any class may use it
@@ -138,8 +159,9 @@ void Pool::free(const Extent& e) {
   }
   classes_.erase(e.segment_id);
   if (auto s = segments_.find(e.segment_id); s != segments_.end()) {
-    if (on_segment_removed) on_segment_removed(*s->second);
+    const bool unmappable = !on_segment_removed || on_segment_removed(*s->second);
     dedicated_bytes_ -= s->second->size();
+    if (!unmappable) kept_mapped_.push_back(std::move(s->second));  // unmapped with the pool
     segments_.erase(s);  // unmaps and unlinks
   }
 }

@@ -73,10 +73,19 @@ class Pool {
   std::uint64_t dedicated_bytes() const noexcept { return dedicated_bytes_; }
   std::size_t segment_count() const noexcept { return segments_.size(); }
 
+  /// The copy engine gave up waiting for a DMA into [p, p + bytes): the
+  /// extent holding it is never freed again (and its dedicated segment never
+  /// unmapped) while this process lives, since the copy may still land there.
+  void quarantine(const std::byte* p, std::uint64_t bytes);
+  std::uint64_t quarantined_bytes() const noexcept;
+
   /// Hooks for the copy engine (pinning): run after a segment is created and
   /// before one is destroyed (dedicated segments come and go with objects).
+  /// on_segment_removed returns false when the segment must not be unmapped
+  /// (CUDA may still have it registered): it is then kept mapped until the
+  /// pool is destroyed.
   std::function<void(const Segment&)> on_segment_added;
-  std::function<void(const Segment&)> on_segment_removed;
+  std::function<bool(const Segment&)> on_segment_removed;
 
  private:
   explicit Pool(const Config& c) : config_(c) {}
@@ -91,6 +100,8 @@ class Pool {
   std::map<std::uint32_t, ExtentAllocator> allocators_;  // pool segments only
   std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
   std::map<std::uint32_t, std::set<std::pair<std::uint32_t, std::uint32_t>>> exposed_;  // (uid, gid) per segment
+  std::vector<Extent> quarantined_;                        // ranges a DMA may still write: never freed
+  std::vector<std::unique_ptr<Segment>> kept_mapped_;      // dedicated segments not safe to unmap
 };
 
 }  // namespace tensorshm::daemon

@@ -19,6 +19,9 @@
 #include "cuda_copy_engine.hpp"
 #include "host_cuda_api.hpp"
 #include "pool.hpp"
+#include "registry.hpp"
+#include "server.hpp"
+#include "tensorshm/client.hpp"
 
 using namespace tensorshm;
 using namespace tensorshm::daemon;
@@ -45,6 +48,16 @@ struct Outcome {
   bool ok() const { return status && status->has_value(); }
   std::string message() const { return status && !*status ? status->error().message : std::string(); }
 };
+
+/// A daemon configuration with one 2 MiB pool segment, for a Pool of its own.
+Config small_pool_config(const std::string& name) {
+  Config config;
+  config.instance = name + "-" + std::to_string(::getpid());
+  config.pool_size = 2 * kMiB;
+  config.segment_size = 2 * kMiB;
+  config.pretouch_threads = 1;
+  return config;
+}
 
 /// An engine over HostCudaApi with one 4 MiB "pool segment" (region 1).
 struct Rig {
@@ -90,10 +103,13 @@ struct Rig {
     return o;
   }
 
-  /// Lets the simulated GPU and the io thread run until neither has work.
+  /// Lets the simulated GPU, the engine thread and the io thread run until
+  /// none has work.
   void settle() {
     for (;;) {
+      engine->drain();
       std::size_t n = api->run();
+      engine->drain();
       io.restart();
       n += io.poll();
       if (n == 0) return;
@@ -107,6 +123,19 @@ struct Rig {
     const auto give_up = std::chrono::steady_clock::now() + 20s;
     while (!ready() && std::chrono::steady_clock::now() < give_up) {
       settle();
+      std::this_thread::sleep_for(1ms);
+    }
+    return ready();
+  }
+
+  /// Runs only the io thread (not the engine thread, which may be stuck)
+  /// until `ready()` holds. The bound is reached only if something hangs.
+  template <class Ready>
+  bool poll_io_until(Ready ready) {
+    const auto give_up = std::chrono::steady_clock::now() + 20s;
+    while (!ready() && std::chrono::steady_clock::now() < give_up) {
+      io.restart();
+      io.poll();
       std::this_thread::sleep_for(1ms);
     }
     return ready();
@@ -285,6 +314,7 @@ TEST_CASE("a copy that cannot be queued is reported and leaves its handle closab
   CHECK(failed->message().find("cudaMemcpyAsync") != std::string::npos);
   CHECK(rig.engine->in_flight() == 0);
   rig.engine->forget_handle(1, p.handle);
+  rig.settle();
   CHECK(rig.api->mem_handles_open() == 0);
 }
 
@@ -357,12 +387,14 @@ TEST_CASE("forget_handle closes an idle handle at once and a busy one when its c
   rig.submit(rig.request(1, idle, 0, 4 * kKiB));
   rig.settle();
   rig.engine->forget_handle(1, idle.handle);
+  rig.settle();
   CHECK(rig.api->mem_handles_open() == 0);
 
   rig.api->hold(busy.event);
   auto out = rig.submit(rig.request(1, busy, 0, 4 * kKiB));
   rig.settle();
   rig.engine->forget_handle(1, busy.handle);
+  rig.engine->drain();
   CHECK(rig.api->mem_handles_open() == 1);
   rig.api->fire(busy.event);
   rig.settle();
@@ -378,6 +410,7 @@ TEST_CASE("a disconnect mid-copy keeps the handles open until the copy ends, the
   auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
   rig.settle();
   rig.engine->session_closed(1);
+  rig.engine->drain();
   CHECK(rig.api->mem_handles_open() == 1);
   CHECK(rig.api->event_handles_open() == 1);
   CHECK(rig.engine->sessions() == 1);
@@ -402,6 +435,7 @@ TEST_CASE("a connection that closes with no copy in flight gives everything back
   rig.submit(rig.request(3, p, 0, 4 * kKiB));
   rig.settle();
   rig.engine->session_closed(3);
+  rig.settle();
   CHECK(rig.api->mem_handles_open() == 0);
   CHECK(rig.api->event_handles_open() == 0);
   CHECK(rig.engine->sessions() == 0);
@@ -483,11 +517,7 @@ TEST_CASE("destroying the engine while a producer's event never fires gives up a
 }
 
 TEST_CASE("attached to a pool, the engine pins its segments and follows dedicated ones") {
-  Config config;
-  config.instance = "engine-test-" + std::to_string(::getpid());
-  config.pool_size = 2 * kMiB;
-  config.segment_size = 2 * kMiB;
-  config.pretouch_threads = 1;
+  Config config = small_pool_config("engine-test");
   auto pool = Pool::create(config);
   REQUIRE(pool.has_value());
   {
@@ -506,6 +536,165 @@ TEST_CASE("attached to a pool, the engine pins its segments and follows dedicate
   auto again = (*pool)->allocate(3 * kMiB, ReaderClass{});
   REQUIRE(again.has_value());
   (*pool)->free(*again);
+}
+
+TEST_CASE("a copy that never completes fails after the put's timeout, once, and its destination is quarantined") {
+  CudaCopyEngine::Options o;
+  o.copy_timeout = 50ms;
+  Rig rig(1, o);
+  auto stuck = rig.producer(4 * kKiB, 0, 1);
+  rig.api->hold(stuck.event);  // the producer was killed before its work ran: the copy stays queued
+  auto out = rig.submit(rig.request(1, stuck, 0, 4 * kKiB));
+  REQUIRE(rig.settle_until([&] { return out->done(); }));
+  CHECK(out->status->error().code == Errc::cuda_error);
+  CHECK(out->message().find("put 'cam/1': the device-to-host copy did not complete within 50 ms; the producer may "
+                            "have died mid-copy") != std::string::npos);
+  REQUIRE(rig.engine->quarantined().size() == 1);
+  CHECK(rig.engine->quarantined()[0].first == rig.pool.data());
+  CHECK(rig.engine->quarantined()[0].second == 4 * kKiB);
+
+  // Another producer is served meanwhile.
+  auto other = rig.producer(4 * kKiB, 0, 2);
+  auto served = rig.submit(rig.request(2, other, 8 * kKiB, 4 * kKiB));
+  rig.settle();
+  CHECK(served->ok());
+
+  // The stalled copy lands after all: the put is not answered a second time.
+  rig.api->fire(stuck.event);
+  rig.settle();
+  CHECK(out->calls == 1);
+  CHECK(rig.landed(stuck, 0, 4 * kKiB));
+  CHECK(rig.engine->in_flight() == 0);
+}
+
+TEST_CASE("with the engine thread stuck in a CUDA call, the io thread keeps running and the put times out") {
+  CudaCopyEngine::Options o;
+  o.copy_timeout = 50ms;
+  Rig rig(1, o);
+  auto p = rig.producer(4 * kKiB);
+  rig.api->block_next("cudaIpcOpenMemHandle");
+  auto out = rig.submit(rig.request(1, p, 0, 4 * kKiB));
+  REQUIRE(rig.poll_io_until([&] { return rig.api->blocked(); }));
+  // What the session calls on the io thread only enqueues.
+  rig.engine->forget_handle(1, p.handle);
+  auto next = rig.submit(rig.request(1, p, 8 * kKiB, 4 * kKiB));
+  bool other_work_ran = false;
+  boost::asio::post(rig.io, [&] { other_work_ran = true; });
+  REQUIRE(rig.poll_io_until([&] { return out->done() && next->done(); }));
+  CHECK(other_work_ran);
+  CHECK(out->message().find("did not complete within 50 ms") != std::string::npos);
+  CHECK(next->message().find("did not complete within 50 ms") != std::string::npos);
+  CHECK(rig.api->blocked());
+
+  // Once the call returns the engine catches up; the answers are not repeated.
+  rig.api->unblock();
+  rig.settle();
+  CHECK(out->calls == 1);
+  CHECK(next->calls == 1);
+  rig.engine->session_closed(1);
+  rig.settle();
+  CHECK(rig.api->mem_handles_open() == 0);
+}
+
+TEST_CASE("destroying the engine while its thread is stuck in a CUDA call returns after a bounded wait") {
+  CudaCopyEngine::Options o;
+  o.shutdown_patience = 50ms;
+  o.hook_patience = 50ms;
+  auto rig = std::make_unique<Rig>(1, o);
+  auto api = rig->api;
+  auto p = rig->producer(4 * kKiB);
+  api->block_next("cudaIpcOpenMemHandle");
+  auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
+  REQUIRE(rig->poll_io_until([&] { return api->blocked(); }));
+  rig->engine.reset();  // returns; the stuck thread is left to process exit
+  CHECK_FALSE(out->done());
+  CHECK(api->blocked());
+  // That thread still waits inside the simulated CUDA: keep it alive until exit.
+  new std::shared_ptr<HostCudaApi>(api);  // intentionally never deleted
+}
+
+TEST_CASE("a dedicated segment freed while the engine thread is stuck stays mapped rather than unmapped under CUDA") {
+  Config config = small_pool_config("engine-test-stuck");
+  auto pool = Pool::create(config);
+  REQUIRE(pool.has_value());
+  CudaCopyEngine::Options o;
+  o.hook_patience = 50ms;
+  {
+    Rig rig(1, o);
+    rig.engine->remove_region(1);
+    rig.engine->attach(**pool);
+    rig.api->block_next("cudaHostRegister");
+    auto big = (*pool)->allocate(3 * kMiB, ReaderClass{});  // a dedicated segment: pinning it gets stuck
+    REQUIRE(big.has_value());
+    CHECK(rig.api->blocked());
+    std::byte* data = (*pool)->address(*big);
+    (*pool)->free(*big);  // unpinning cannot finish in time: the mapping is kept
+    data[0] = std::byte{1};  // still mapped (unmapped, this would fault)
+    rig.api->unblock();
+    rig.settle();
+    CHECK(rig.api->registered().size() == 1);  // pinned, then unpinned, in order
+  }
+}
+
+TEST_CASE("a quarantined extent is never handed out again") {
+  Config config = small_pool_config("engine-test-quarantine");
+  auto pool = Pool::create(config);
+  REQUIRE(pool.has_value());
+  auto first = (*pool)->allocate(256 * kKiB, ReaderClass{});
+  REQUIRE(first.has_value());
+  (*pool)->quarantine((*pool)->address(*first), 256 * kKiB);
+  (*pool)->free(*first);
+  CHECK((*pool)->quarantined_bytes() == 256 * kKiB);
+  for (int i = 0; i < 6; ++i) {
+    auto next = (*pool)->allocate(256 * kKiB, ReaderClass{});
+    REQUIRE(next.has_value());
+    const bool apart = next->segment_id != first->segment_id || next->offset + next->size <= first->offset ||
+                       next->offset >= first->offset + first->size;
+    CHECK(apart);
+  }
+}
+
+TEST_CASE("CPU-only clients get answers while the engine thread is stuck in a CUDA call") {
+  char dir[] = "/tmp/tshm-engine-XXXXXX";
+  REQUIRE(::mkdtemp(dir) != nullptr);
+  Config config = small_pool_config("engine-test-serving");
+  config.socket_path = std::string(dir) + "/s.sock";
+  auto pool = Pool::create(config);
+  REQUIRE(pool.has_value());
+  boost::asio::io_context io(1);
+  auto api = std::make_shared<HostCudaApi>(1);
+  CudaCopyEngine::Options o;
+  o.hook_patience = 50ms;
+  auto engine = CudaCopyEngine::create(api, io, o);
+  REQUIRE(engine.has_value());
+  (*engine)->attach(**pool);
+  {
+    Registry registry(**pool, config);
+    Server server(io, config, **pool, registry, engine->get());
+    REQUIRE(server.listen().has_value());
+    server.start();
+    std::thread io_thread([&] { io.run(); });
+
+    api->block_next("cudaHostRegister");  // the engine thread gets stuck pinning the first dedicated segment
+    {
+      auto client = Client::connect(Client::Options{config.socket_path});
+      auto big = client.create("big", dtypes::kUInt8, {3 * static_cast<std::int64_t>(kMiB)});  // a dedicated segment
+      CHECK(api->blocked());
+      big.seal();
+      auto small = client.create("small", dtypes::kFloat32, {4});
+      static_cast<float*>(small.data())[0] = 1.5f;
+      small.seal();
+      auto got = client.get("small");
+      CHECK(static_cast<const float*>(got.data())[0] == 1.5f);
+      CHECK(client.stats().objects == 2);
+      CHECK(api->blocked());  // all of it answered while the engine thread was still stuck
+    }
+    api->unblock();
+    boost::asio::post(io, [&] { server.stop(); });
+    io_thread.join();
+  }
+  engine->reset();
+  ::rmdir(dir);
 }
 
 }  // TEST_SUITE
