@@ -610,7 +610,8 @@ TEST_CASE("destroying the engine while its thread is stuck in a CUDA call return
   CHECK_FALSE(out->done());
   CHECK(api->blocked());
   // That thread still waits inside the simulated CUDA: keep it alive until exit.
-  new std::shared_ptr<HostCudaApi>(api);  // intentionally never deleted
+  static auto* kept = new std::vector<std::shared_ptr<HostCudaApi>>;  // never deleted
+  kept->push_back(api);
 }
 
 TEST_CASE("a dedicated segment freed while the engine thread is stuck stays mapped rather than unmapped under CUDA") {
