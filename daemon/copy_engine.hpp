@@ -1,7 +1,7 @@
 // The CUDA copy engine seen from the control plane: submit a device-to-host
 // copy out of a producer's exported allocation into a pool extent, be told on
 // the io_context thread when it is done. Implementations: the real one over
-// CUDA (cuda_copy_engine.cu) and a host-memory one for logic tests. Everything
+// CUDA (cuda_copy_engine.cpp) and a host-memory one for logic tests. Everything
 // CUDA sits behind this interface.
 #pragma once
 
