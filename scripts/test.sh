@@ -14,3 +14,9 @@ if [[ -f pyclient/pyproject.toml ]]; then
   .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation ./pyclient
 fi
 ctest --test-dir build --output-on-failure --timeout 900 --no-tests=error
+# Sanitizers and fuzzing (docs/reliability.md): the C++ tests under ASan+UBSan
+# and TSan, the fault and security suites against an ASan daemon, and a bounded
+# fuzz run. TSHM_SANITIZERS=0 skips them; TSHM_FUZZ_SECONDS sizes the fuzz run.
+if [[ ${TSHM_SANITIZERS:-1} != 0 ]]; then
+  ./scripts/sanitizers.sh all "${TSHM_FUZZ_SECONDS:-30}"
+fi

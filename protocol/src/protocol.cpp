@@ -141,6 +141,11 @@ Result<const wire::Message*> verify(const FrameHeader& header, std::span<const s
   if (payload.size() != header.length) return proto_error("payload length differs from the frame header");
   if (header.type == 0 || header.type > static_cast<std::uint16_t>(wire::Body::MAX))
     return proto_error("unknown message type " + std::to_string(header.type));
+  // Smaller than a root offset and a vtable offset: not a FlatBuffer (and an
+  // empty payload would hand memcpy and the Verifier a null pointer below;
+  // found by tests/fuzz).
+  if (payload.size() < 2 * sizeof(flatbuffers::uoffset_t))
+    return proto_error("payload of " + std::to_string(payload.size()) + " bytes is too short to be a message");
   // FlatBuffers needs its buffer aligned for scalar reads: copy when it is not.
   const auto* data = reinterpret_cast<const std::uint8_t*>(payload.data());
   if (reinterpret_cast<std::uintptr_t>(data) % alignof(std::uint64_t) != 0) {

@@ -1,0 +1,500 @@
+// tshm_fault_peer: the client process of the fault and security tests. The
+// tests (pytest, tests/faults and tests/security) start it, drive it, kill it
+// with SIGKILL at chosen moments and run it under other uids. It talks to the
+// daemon at $TENSORSHM_SOCKET through the public C++ client, and through a raw
+// socket for requests the client never sends on its own (MapSegment of a
+// chosen segment, writable or not).
+//
+//   tshm_fault_peer                   reads commands from stdin, one reply line each:
+//                                     "ok key=value ..." or "err CODE message"
+//   tshm_fault_peer soak [options]    random put/get/create/abort/delete/wait with
+//                                     content checks until --seconds or --ops run out;
+//                                     prints "MISMATCH ..." at once for any bad byte and
+//                                     "done key=value ..." at the end
+//   tshm_fault_peer frame KIND [ARG]  prints one encoded request frame as hex (hello,
+//                                     stats, get NAME, list PREFIX) for raw-socket tests
+//
+// Commands (stdin):
+//   put NAME BYTES SEED [SHARE [TIMEOUT_MS]]     create (waiting up to TIMEOUT_MS for
+//                                                pool space), fill with the pattern of SEED, seal
+//   create NAME BYTES SEED [SHARE [TIMEOUT_MS]]  the same, left open: then `seal` or `abort`
+//   get NAME [NEWER TIMEOUT_MS]   prints "waiting" first; the lease is dropped after the check
+//   hold NAME                     get and keep the lease (and the checksum seen)
+//   check                         re-reads every held object: "ok held=N mismatches=M"
+//   release                       drops every held lease
+//   mprotect                      tries to make the last held object's page writable
+//   delete NAME | stat NAME | list PREFIX | stats
+//   map SEGMENT WRITABLE          raw MapSegment; keeps a read-only mapping for `scan`
+//   scan SEED                     looks for the marker of SEED (the first 64 bytes a put
+//                                 or create of that seed writes) in the kept mappings
+//   open-shm PATH                 tries to open a /dev/shm file for reading and writing
+//   connections N                 opens N more connections and keeps them
+//   drop-connections | quit
+// SHARE is owner, group, everyone or a raw number.
+//
+// A reply names the segment an object lies in (segment=ID), so that tests can
+// try to map it from elsewhere.
+#include <fcntl.h>
+#include <sys/mman.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <array>
+#include <cctype>
+#include <cerrno>
+#include <chrono>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <iostream>
+#include <map>
+#include <memory>
+#include <optional>
+#include <random>
+#include <sstream>
+#include <string>
+#include <vector>
+
+#include "connection.hpp"  // libclient internals: MapSegment of any segment
+#include "tensorshm/client.hpp"
+#include "tensorshm/io.hpp"
+#include "tensorshm/names.hpp"
+#include "tensorshm/protocol.hpp"
+#include "test_data.hpp"
+
+using namespace tensorshm;
+namespace proto = tensorshm::protocol;
+
+namespace {
+
+void say(const std::string& line) {
+  std::fputs((line + "\n").c_str(), stdout);
+  std::fflush(stdout);
+}
+
+std::string err_line(const Exception& e) {
+  std::string msg = e.what();
+  std::replace(msg.begin(), msg.end(), '\n', ' ');
+  return "err " + std::string(errc_name(e.code())) + " " + msg;
+}
+
+// owner, group, everyone, or a number put on the wire as it is (to try values
+// the schema does not define).
+Share parse_share(const std::string& s) {
+  if (s == "group") return Share::group;
+  if (s == "everyone") return Share::everyone;
+  if (!s.empty() && std::isdigit(static_cast<unsigned char>(s[0]))) return static_cast<Share>(std::stoi(s));
+  return Share::owner;
+}
+
+// The first 64 bytes of every object a put or create writes: unique to its
+// seed (the pattern alone repeats with a period of 256 bytes), so that `scan`
+// finds exactly that object's bytes.
+std::array<std::byte, 64> marker(std::uint64_t seed) {
+  std::array<std::byte, 64> m;
+  std::uint64_t x = seed;
+  for (std::size_t i = 0; i < m.size(); i += 8) {
+    x += 0x9e3779b97f4a7c15ull;  // splitmix64
+    std::uint64_t z = x;
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ull;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebull;
+    z ^= z >> 31;
+    std::memcpy(m.data() + i, &z, 8);
+  }
+  return m;
+}
+
+struct KeptMapping {
+  const std::byte* addr = nullptr;
+  std::size_t size = 0;
+};
+
+// ---- interactive mode ----------------------------------------------------------
+
+struct Held {
+  Object object;
+  std::uint64_t checksum = 0;
+};
+
+class Interactive {
+ public:
+  Interactive() : client_(Client::connect(Client::Options{"", "tshm_fault_peer"})) {}
+
+  void run() {
+    std::string line;
+    while (std::getline(std::cin, line)) {
+      std::istringstream in(line);
+      std::vector<std::string> a;
+      for (std::string w; in >> w;) a.push_back(w);
+      if (a.empty()) continue;
+      if (a[0] == "quit") break;
+      try {
+        say(dispatch(a));
+      } catch (const Exception& e) {
+        say(err_line(e));
+      } catch (const std::exception& e) {
+        say(std::string("err usage ") + e.what());
+      }
+    }
+  }
+
+ private:
+  std::string dispatch(const std::vector<std::string>& a) {
+    const std::string& cmd = a[0];
+    auto arg = [&](std::size_t i) -> const std::string& {
+      if (i >= a.size()) throw std::invalid_argument(cmd + ": missing argument " + std::to_string(i));
+      return a[i];
+    };
+    if (cmd == "put" || cmd == "create") {
+      const std::size_t n = std::stoull(arg(2));
+      CreateOptions opt;
+      if (a.size() > 4) opt.share = parse_share(a[4]);
+      if (a.size() > 5) opt.timeout = std::chrono::milliseconds(std::stoll(a[5]));
+      Buffer b = client_.create(arg(1), dtypes::kUInt8, {static_cast<std::int64_t>(n)}, opt);
+      tshm_test::fill_pattern(b.data(), n, std::stoull(arg(3)));
+      const auto m = marker(std::stoull(arg(3)));
+      std::memcpy(b.data(), m.data(), std::min(n, m.size()));
+      const std::uint64_t sum = tshm_test::checksum(b.data(), n);
+      if (cmd == "create") {
+        const auto info = b.info();
+        open_ = std::move(b);
+        return "ok id=" + std::to_string(info.object_id) + " segment=" + std::to_string(info.segment_id) +
+               " checksum=" + tshm_test::hex(sum);
+      }
+      const auto info = b.seal();
+      return "ok version=" + std::to_string(info.version) + " checksum=" + tshm_test::hex(sum) +
+             " segment=" + std::to_string(info.segment_id);
+    }
+    if (cmd == "seal") return "ok version=" + std::to_string(open_.seal().version);
+    if (cmd == "abort") {
+      open_.abort();
+      return "ok";
+    }
+    if (cmd == "get" || cmd == "hold") {
+      GetOptions opt;
+      if (a.size() > 3) {
+        opt.newer_than = std::stoull(a[2]);
+        opt.timeout = std::chrono::milliseconds(std::stoll(a[3]));
+      }
+      if (cmd == "get") say("waiting");
+      Object o = client_.get(arg(1), opt);
+      const std::uint64_t sum = tshm_test::checksum(o.data(), o.nbytes());
+      const auto m = tshm_test::mapping_of(o.data());
+      std::string out = "ok version=" + std::to_string(o.version()) + " checksum=" + tshm_test::hex(sum) +
+                        " nbytes=" + std::to_string(o.nbytes()) + " readonly=" + (m.read_only_shared() ? "1" : "0") +
+                        " segment=" + std::to_string(o.info().segment_id);
+      if (cmd == "hold") held_.push_back(Held{std::move(o), sum});
+      return out;
+    }
+    if (cmd == "check") {
+      int bad = 0;
+      for (const Held& h : held_)
+        if (tshm_test::checksum(h.object.data(), h.object.nbytes()) != h.checksum) ++bad;
+      return "ok held=" + std::to_string(held_.size()) + " mismatches=" + std::to_string(bad);
+    }
+    if (cmd == "release") {
+      const std::size_t n = held_.size();
+      held_.clear();
+      (void)client_.stats();  // the releases have been processed once this returns
+      return "ok released=" + std::to_string(n);
+    }
+    if (cmd == "mprotect") {
+      if (held_.empty()) throw std::invalid_argument("mprotect: hold an object first");
+      const long page = ::sysconf(_SC_PAGESIZE);
+      auto* p = reinterpret_cast<void*>(reinterpret_cast<std::uintptr_t>(held_.back().object.data()) &
+                                        ~static_cast<std::uintptr_t>(page - 1));
+      if (::mprotect(p, static_cast<std::size_t>(page), PROT_READ | PROT_WRITE) == 0) return "ok mprotect=allowed";
+      return std::string("ok mprotect=refused errno=") + ::strerrorname_np(errno);
+    }
+    if (cmd == "delete") {
+      client_.remove(arg(1));
+      return "ok";
+    }
+    if (cmd == "stat") {
+      const auto i = client_.stat(arg(1));
+      return "ok version=" + std::to_string(i.version) + " owner=" + std::to_string(i.owner_uid) +
+             " share=" + std::to_string(static_cast<int>(i.share)) + " leases=" + std::to_string(i.leases) +
+             " segment=" + std::to_string(i.segment_id);
+    }
+    if (cmd == "list") {
+      std::string names;
+      for (const auto& i : client_.list(a.size() > 1 ? a[1] : "")) names += (names.empty() ? "" : ",") + i.name;
+      return "ok names=" + names;
+    }
+    if (cmd == "stats") {
+      const Stats s = client_.stats();
+      return "ok leases=" + std::to_string(s.leases) + " open_creates=" + std::to_string(s.open_creates) +
+             " clients=" + std::to_string(s.clients) + " versions=" + std::to_string(s.versions) +
+             " objects=" + std::to_string(s.objects) + " pool_used=" + std::to_string(s.pool_used_bytes) +
+             " pool_bytes=" + std::to_string(s.pool_bytes) + " dedicated=" + std::to_string(s.dedicated_bytes) +
+             " segments=" + std::to_string(s.segments);
+    }
+    if (cmd == "map") return map(static_cast<std::uint32_t>(std::stoul(arg(1))), arg(2) == "1");
+    if (cmd == "scan") {
+      const auto needle = marker(std::stoull(arg(1)));
+      for (const KeptMapping& m : mappings_)
+        if (std::search(m.addr, m.addr + m.size, needle.begin(), needle.end()) != m.addr + m.size)
+          return "ok found=1";
+      return "ok found=0";
+    }
+    if (cmd == "open-shm") {
+      auto attempt = [&](int flags) {
+        const int fd = ::open(arg(1).c_str(), flags | O_CLOEXEC);
+        if (fd < 0) return std::string("refused(") + ::strerrorname_np(errno) + ")";
+        ::close(fd);
+        return std::string("allowed");
+      };
+      return "ok read=" + attempt(O_RDONLY) + " write=" + attempt(O_RDWR);
+    }
+    if (cmd == "connections") {
+      const int n = std::stoi(arg(1));
+      int opened = 0;
+      try {
+        for (; opened < n; ++opened) extra_.push_back(Client::connect(Client::Options{"", "tshm_fault_peer extra"}));
+      } catch (const Exception& e) {
+        return err_line(e) + " opened=" + std::to_string(opened);
+      }
+      return "ok opened=" + std::to_string(opened);
+    }
+    if (cmd == "drop-connections") {
+      extra_.clear();
+      return "ok";
+    }
+    throw std::invalid_argument("unknown command '" + cmd + "'");
+  }
+
+  // MapSegment over a raw connection: what descriptor does the daemon hand
+  // out, and can it be mapped writable?
+  std::string map(std::uint32_t segment, bool writable) {
+    std::vector<int> fds;
+    struct Closer {
+      std::vector<int>& f;
+      ~Closer() {
+        for (int d : f) io::close_fd(d);
+      }
+    } closer{fds};
+    wire::MapSegmentT req;
+    req.segment_id = segment;
+    req.writable = writable;
+    wire::BodyUnion u;
+    u.Set(std::move(req));
+    detail::Connection& conn = client_.connection();
+    auto lk = conn.lock();
+    auto r = conn.call_locked(u, &fds);
+    if (!r) throw Exception(r.error());
+    const auto* rep = (*r)->body.AsMapSegmentReply();
+    if (rep == nullptr || !rep->segment || fds.size() != 1)
+      throw Exception(Errc::protocol_error, "MapSegment reply without exactly one descriptor");
+    const int mode = ::fcntl(fds[0], F_GETFL) & O_ACCMODE;
+    const std::size_t size = rep->segment->size;
+    void* w = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
+    const std::string mmap_write = w == MAP_FAILED ? std::string("refused(") + ::strerrorname_np(errno) + ")" : "allowed";
+    if (w != MAP_FAILED) ::munmap(w, size);
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fds[0], 0);
+    if (p != MAP_FAILED) mappings_.push_back(KeptMapping{static_cast<const std::byte*>(p), size});
+    return std::string("ok fd_mode=") + (mode == O_RDONLY ? "ro" : mode == O_RDWR ? "rw" : "other") +
+           " size=" + std::to_string(size) + " mmap_write=" + mmap_write;
+  }
+
+  Client client_;
+  Buffer open_;
+  std::vector<Held> held_;
+  std::vector<KeptMapping> mappings_;
+  std::vector<Client> extra_;
+};
+
+// ---- soak mode -----------------------------------------------------------------
+
+// An object's content: its first 8 bytes are the seed, whose upper half is a
+// hash of the name; the rest is the pattern of that seed. A reader checks all
+// of it without knowing who wrote it.
+std::uint32_t name_hash(const std::string& name) {
+  return static_cast<std::uint32_t>(tshm_test::checksum(name.data(), name.size()));
+}
+
+void write_content(void* dst, std::size_t n, std::uint64_t seed) {
+  std::memcpy(dst, &seed, sizeof seed);
+  tshm_test::fill_pattern(static_cast<std::byte*>(dst) + sizeof seed, n - sizeof seed, seed);
+}
+
+// Empty when the content is right, else what is wrong.
+std::optional<std::string> check_content(const std::string& name, const void* p, std::size_t n) {
+  if (n < sizeof(std::uint64_t)) return "object of " + std::to_string(n) + " bytes, smaller than any put";
+  std::uint64_t seed;
+  std::memcpy(&seed, p, sizeof seed);
+  if (static_cast<std::uint32_t>(seed >> 32) != name_hash(name)) return "seed of another name";
+  const auto* body = static_cast<const std::byte*>(p) + sizeof seed;
+  if (tshm_test::checksum(body, n - sizeof seed) != tshm_test::pattern_checksum(n - sizeof seed, seed))
+    return "content differs from the pattern of its seed";
+  return std::nullopt;
+}
+
+struct SoakOptions {
+  double seconds = 10;
+  std::uint64_t ops = 1000;
+  std::uint64_t seed = 1;
+  int names = 16;
+  std::size_t max_bytes = 64 << 10;
+  std::size_t big_bytes = 0;  // >0: every `big_every` puts one of this size (a dedicated segment)
+  int big_every = 0;
+  std::string prefix = "soak/";
+  int wait_ms = 50;
+};
+
+int soak(const SoakOptions& o) {
+  std::mt19937_64 rng(o.seed);
+  auto pick = [&](std::uint64_t n) { return static_cast<std::uint64_t>(rng() % n); };
+  std::map<std::string, std::uint64_t> counts;
+  std::map<std::string, std::uint64_t> errors;
+  std::uint64_t mismatches = 0, unexpected = 0;
+  auto report = [&](const std::string& name, const std::optional<std::string>& why, std::uint64_t version) {
+    if (!why) return;
+    ++mismatches;
+    say("MISMATCH name=" + name + " version=" + std::to_string(version) + " " + *why);
+  };
+  Client c = Client::connect(Client::Options{"", "tshm_fault_peer soak"});
+  std::vector<std::pair<std::string, Object>> held;
+  std::map<std::string, std::uint64_t> seen;  // newest version seen per name
+  const auto deadline = std::chrono::steady_clock::now() + std::chrono::duration<double>(o.seconds);
+  std::uint64_t ops = 0, puts = 0;
+  for (; ops < o.ops && std::chrono::steady_clock::now() < deadline; ++ops) {
+    const std::string name = o.prefix + std::to_string(pick(static_cast<std::uint64_t>(o.names)));
+    const std::uint64_t dice = pick(100);
+    try {
+      if (dice < 40) {  // put, or (1 in 8) create and abort
+        std::size_t n = 8 + pick(o.max_bytes - 7);
+        if (o.big_every > 0 && ++puts % static_cast<std::uint64_t>(o.big_every) == 0) n = o.big_bytes;
+        CreateOptions opt;
+        opt.timeout = std::chrono::milliseconds(200);
+        Buffer b = c.create(name, dtypes::kUInt8, {static_cast<std::int64_t>(n)}, opt);
+        const std::uint64_t seed = (static_cast<std::uint64_t>(name_hash(name)) << 32) | (rng() & 0xffffffffu);
+        write_content(b.data(), n, seed);
+        if (pick(8) == 0) {
+          b.abort();
+          ++counts["aborts"];
+        } else {
+          b.seal();
+          ++counts["puts"];
+        }
+      } else if (dice < 75) {  // get, check, keep the lease for a while (1 in 4)
+        Object obj = c.get(name);
+        report(name, check_content(name, obj.data(), obj.nbytes()), obj.version());
+        if (obj.version() < seen[name]) report(name, "version went back", obj.version());
+        seen[name] = obj.version();
+        ++counts["gets"];
+        if (pick(4) == 0) held.emplace_back(name, std::move(obj));
+      } else if (dice < 85) {  // wait for a version newer than the newest seen
+        GetOptions g;
+        g.newer_than = seen[name];
+        g.timeout = std::chrono::milliseconds(o.wait_ms);
+        Object obj = c.get(name, g);
+        report(name, check_content(name, obj.data(), obj.nbytes()), obj.version());
+        if (obj.version() <= g.newer_than) report(name, "wait returned an old version", obj.version());
+        seen[name] = obj.version();
+        ++counts["waits"];
+      } else if (dice < 92) {  // re-check a held lease, then maybe drop it
+        if (!held.empty()) {
+          const std::size_t i = pick(held.size());
+          report(held[i].first, check_content(held[i].first, held[i].second.data(), held[i].second.nbytes()),
+                 held[i].second.version());
+          ++counts["rechecks"];
+          if (pick(2) == 0) held.erase(held.begin() + static_cast<std::ptrdiff_t>(i));
+        }
+      } else if (dice < 97) {
+        c.remove(name);
+        ++counts["deletes"];
+      } else {
+        (void)c.list(o.prefix, 16);
+        (void)c.stat(name);
+        ++counts["lists"];
+      }
+    } catch (const Exception& e) {
+      const Errc code = e.code();
+      ++errors[std::string(errc_name(code))];
+      if (code != Errc::not_found && code != Errc::timeout && code != Errc::pool_exhausted) {
+        ++unexpected;
+        say("UNEXPECTED " + err_line(e));
+      }
+    }
+    if (held.size() > 4) held.erase(held.begin());
+  }
+  for (auto& [name, obj] : held) report(name, check_content(name, obj.data(), obj.nbytes()), obj.version());
+  std::string line = "done ops=" + std::to_string(ops) + " mismatches=" + std::to_string(mismatches) +
+                     " unexpected=" + std::to_string(unexpected);
+  for (const auto& [k, v] : counts) line += " " + k + "=" + std::to_string(v);
+  for (const auto& [k, v] : errors) line += " err_" + k + "=" + std::to_string(v);
+  say(line);
+  return mismatches == 0 && unexpected == 0 ? 0 : 1;
+}
+
+SoakOptions parse_soak(int argc, char** argv) {
+  SoakOptions o;
+  for (int i = 2; i + 1 < argc; i += 2) {
+    const std::string k = argv[i], v = argv[i + 1];
+    if (k == "--seconds") o.seconds = std::stod(v);
+    else if (k == "--ops") o.ops = std::stoull(v);
+    else if (k == "--seed") o.seed = std::stoull(v);
+    else if (k == "--names") o.names = std::stoi(v);
+    else if (k == "--max-bytes") o.max_bytes = std::stoull(v);
+    else if (k == "--big-bytes") o.big_bytes = std::stoull(v);
+    else if (k == "--big-every") o.big_every = std::stoi(v);
+    else if (k == "--prefix") o.prefix = v;
+    else if (k == "--wait-ms") o.wait_ms = std::stoi(v);
+    else throw std::invalid_argument("unknown soak option " + k);
+  }
+  return o;
+}
+
+// ---- frame mode ----------------------------------------------------------------
+
+int print_frame(int argc, char** argv) {
+  const std::string kind = argc > 2 ? argv[2] : "";
+  const std::string arg = argc > 3 ? argv[3] : "";
+  std::vector<std::byte> f;
+  if (kind == "hello") {
+    wire::HelloT m;
+    m.protocol_version = proto::kVersion;
+    m.client_name = "raw";
+    m.pid = static_cast<std::int32_t>(::getpid());
+    f = proto::encode(std::move(m), 1);
+  } else if (kind == "stats") {
+    f = proto::encode(wire::StatsT{}, 2);
+  } else if (kind == "get") {
+    wire::GetT m;
+    m.name = arg;
+    f = proto::encode(std::move(m), 3);
+  } else if (kind == "list") {
+    wire::ListT m;
+    m.prefix = arg;
+    f = proto::encode(std::move(m), 4);
+  } else {
+    std::fprintf(stderr, "frame: hello | stats | get NAME | list PREFIX\n");
+    return 2;
+  }
+  std::string hex;
+  for (std::byte b : f) {
+    char two[3];
+    std::snprintf(two, sizeof two, "%02x", std::to_integer<unsigned>(b));
+    hex += two;
+  }
+  say(hex);
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  const std::string mode = argc > 1 ? argv[1] : "";
+  try {
+    if (mode == "soak") return soak(parse_soak(argc, argv));
+    if (mode == "frame") return print_frame(argc, argv);
+    Interactive().run();
+    return 0;
+  } catch (const Exception& e) {
+    say(err_line(e));
+    return 3;
+  } catch (const std::exception& e) {
+    say(std::string("err usage ") + e.what());
+    return 2;
+  }
+}

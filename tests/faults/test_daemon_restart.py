@@ -1,0 +1,78 @@
+"""The daemon killed with SIGKILL and started again: the segments of the dead
+one are swept at start, a client's call in flight fails with a clear
+daemon_unreachable error, its next call reconnects by itself, and the objects
+it already held stay mapped, valid and unchanged (the mapping outlives the
+daemon)."""
+
+from __future__ import annotations
+
+from harness import parse, record, shm_files, wait_until
+
+CYCLES = 5
+
+
+def test_a_daemon_killed_and_restarted_sweeps_stale_segments_and_clients_carry_on(daemons, peers):
+    d = daemons(pool="48M", segment="16M").start()
+    lost = leaked = unclear = idle_failures = 0
+    swept = 0
+    for cycle in range(CYCLES):
+        holder = peers(d)
+        holder.ok(f"put keep/{cycle} 1000000 {cycle}")
+        holder.ok(f"hold keep/{cycle}")
+        holder.ok(f"put big/{cycle} 20000000 {cycle}")  # a dedicated segment
+        holder.ok(f"hold big/{cycle}")
+        writer = peers(d)
+        writer.ok("create half 1000000 1")  # a half-made object when the daemon dies
+        waiter = peers(d)
+        waiter.send("get never 0 60000")
+        assert waiter.read_line() == "waiting"
+        # The waiter's request is in the daemon once it has a connection more than the others.
+        wait_until(lambda: d.stats()["clients"] == 4, "the waiter to connect")
+        before = shm_files(d.instance)
+
+        d.kill9()
+
+        line = waiter.read_line(timeout=60)
+        in_flight = parse(line)
+        assert in_flight["status"] == "err" and in_flight["code"] == "daemon_unreachable", line
+        clear = "closed the connection" in line or "lost" in line
+        unclear += not clear
+        assert clear, f"the error of the call in flight does not say what happened: {line}"
+        broken = holder.cmd("stats")  # its connection is gone: this call finds out
+        assert broken["code"] == "daemon_unreachable" and "next call reconnects" in broken["line"], broken
+        down = holder.cmd("stats")  # the reconnection finds nobody: says how to start one
+        assert down["code"] == "daemon_unreachable" and "Start the daemon" in down["line"], down
+        assert holder.ok("check")["mismatches"] == "0", "a held object changed when the daemon died"
+        stale = shm_files(d.instance)
+        assert stale == before, "a SIGKILLed daemon cannot have cleaned up"
+
+        d.start()
+        now = shm_files(d.instance)
+        lock = f"tensorshm.{d.instance}.lock"
+        old = {(n, i) for n, i in stale.items() if n != lock}
+        leaked += len(old & set(now.items()))
+        swept += len(old)
+        assert not old & set(now.items()), f"stale segments survived the restart: {sorted(old & set(now.items()))}"
+        assert "removed stale segment" in d.log.read_text()
+
+        held = holder.ok("check")
+        lost += int(held["mismatches"])
+        assert held["held"] == "2" and held["mismatches"] == "0", "a held object changed after the restart"
+        # Next calls reconnect by themselves; the new daemon starts empty.
+        assert waiter.ok(f"put after/{cycle} 1000 {cycle}")["version"]
+        assert holder.cmd(f"get keep/{cycle}")["code"] == "not_found"
+        holder.ok(f"put keep/{cycle} 1000000 {cycle}")
+        # The writer was idle when the daemon died: its first call finds the
+        # old connection broken (at most that one call fails), the next reconnects.
+        first = writer.cmd("stats")
+        idle_failures += first["status"] != "ok"
+        assert first["status"] == "ok" or "next call reconnects" in first["line"], first
+        writer.ok("stats")
+        for p in (holder, writer, waiter):
+            assert p.close() == 0
+        d.quiet()
+        d.delete_all()
+    d.stop()
+    record("daemon SIGKILL + restart (client waiting in get, 2 held objects, 1 open create)", injected=CYCLES,
+           lost=lost, leaked=leaked, stale_segments_swept=swept, unclear_errors=unclear,
+           failed_first_calls_of_idle_clients=idle_failures)
