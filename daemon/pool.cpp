@@ -6,6 +6,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <cstring>
 
 #include "log.hpp"
 #include "tensorshm/segment_layout.h"
@@ -94,6 +95,16 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
     }
     if (best != nullptr)
       if (auto off = best->allocate(bytes)) {
+        if (!best_owned) {
+          // An empty segment changes hands: whatever the previous class left
+          // in it must not reach the new class's readers, who map all of it.
+          auto last = last_class_.find(best_id);
+          if (last != last_class_.end() && !(last->second == cls)) {
+            Segment* seg = segments_.at(best_id).get();
+            std::memset(seg->base() + TSHM_HEADER_BYTES, 0, seg->size() - TSHM_HEADER_BYTES);
+          }
+          last_class_[best_id] = cls;
+        }
         classes_[best_id] = cls;
         return Extent{best_id, *off, bytes};
       }

@@ -99,6 +99,7 @@ class Pool {
   std::map<std::uint32_t, std::unique_ptr<Segment>> segments_;
   std::map<std::uint32_t, ExtentAllocator> allocators_;  // pool segments only
   std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
+  std::map<std::uint32_t, ReaderClass> last_class_;      // pool segments: the class that last wrote them
   std::map<std::uint32_t, std::set<std::pair<std::uint32_t, std::uint32_t>>> exposed_;  // (uid, gid) per segment
   std::vector<Extent> quarantined_;                        // ranges a DMA may still write: never freed
   std::vector<std::unique_ptr<Segment>> kept_mapped_;      // dedicated segments not safe to unmap

@@ -120,8 +120,6 @@ def test_a_segment_another_uid_once_mapped_never_receives_objects_it_may_not_rea
            injected=len(secrets), lost=0, leaked=found)
 
 
-@pytest.mark.xfail(strict=True, reason="KNOWN LEAK (reported to the pool's owner): a pool segment emptied by one "
-                   "uid is handed to another uid's reader class without its old bytes being cleared")
 def test_the_bytes_of_a_deleted_object_never_reach_another_uids_mapping(users, daemons, peers):
     leaks = tries = 0
     for i in range(3):
