@@ -131,8 +131,9 @@ void measure(const Args& a, const std::string& peer, std::size_t size, const std
   for (int i = 0; i < warm; ++i) (void)one();
   std::vector<double> t;
   const auto start = Clock::now();
+  const int least = size >= (256u << 20) ? std::min(a.min_iters, 3) : a.min_iters;  // the big ones take seconds
   while (static_cast<int>(t.size()) < a.max_iters &&
-         (static_cast<int>(t.size()) < a.min_iters ||
+         (static_cast<int>(t.size()) < least ||
           std::chrono::duration<double>(Clock::now() - start).count() < a.budget_s))
     t.push_back(one() * 1e6);
   std::printf("{\"peer\": \"%s\", \"size\": %zu, \"median_us\": %.3f, \"p99_us\": %.3f, \"iters\": %zu%s}\n",
@@ -319,10 +320,14 @@ void fanout_consumer(int k, int ready_fd, int lat_fd) {
 }
 
 void iceoryx_fanout(const Args& a) {
-  int lat_pipe[2], ready_pipe[2];
-  if (::pipe(lat_pipe) != 0 || ::pipe(ready_pipe) != 0) die("pipe");
+  // One latency pipe per consumer: their reports are larger than PIPE_BUF and would interleave.
+  int ready_pipe[2];
+  if (::pipe(ready_pipe) != 0) die("pipe");
   std::vector<pid_t> kids;
+  std::vector<int> lat_fds;
   for (int k = 0; k < a.consumers; ++k) {
+    int lat_pipe[2];
+    if (::pipe(lat_pipe) != 0) die("pipe");
     const pid_t pid = ::fork();
     if (pid == 0) {
       ::close(lat_pipe[0]);
@@ -330,9 +335,10 @@ void iceoryx_fanout(const Args& a) {
       fanout_consumer(k, ready_pipe[1], lat_pipe[1]);
       std::exit(0);  // not _exit: the runtime deregisters from RouDi at exit
     }
+    ::close(lat_pipe[1]);
+    lat_fds.push_back(lat_pipe[0]);
     kids.push_back(pid);
   }
-  ::close(lat_pipe[1]);
   ::close(ready_pipe[1]);
   init_iox_runtime("fanout-producer");
   iox::popo::UntypedPublisher pub(topic("fan"), waiting_publisher());
@@ -361,11 +367,12 @@ void iceoryx_fanout(const Args& a) {
 
   std::vector<double> all;
   std::uint64_t received = 0;
-  for (int k = 0; k < a.consumers; ++k) {
+  for (const int fd : lat_fds) {
     std::uint64_t count = 0;
-    if (!read_all(lat_pipe[0], &count, sizeof count)) die("fan-out consumer died");
+    if (!read_all(fd, &count, sizeof count)) die("fan-out consumer died");
     std::vector<double> lat(count);
-    if (!read_all(lat_pipe[0], lat.data(), count * sizeof(double))) die("fan-out consumer died");
+    if (!read_all(fd, lat.data(), count * sizeof(double))) die("fan-out consumer died");
+    ::close(fd);
     received += count;
     all.insert(all.end(), lat.begin(), lat.end());
   }

@@ -109,15 +109,16 @@ def goals(r: Results) -> list[tuple[str, str, str, str]]:
         k = div(t, f)
         why = ""
         if k is not None and k > 3:
-            why = (f"a handoff is a put (one round trip to the daemon), the daemon's wake-up of the consumer's "
-                   f"waiting get, the consumer's one-way release and the acknowledgement: about two round trips "
-                   f"of messages, plus the client library's work and one scheduler wake-up of a blocked process "
-                   f"per hop on this {r.env.get('cores')}-CPU machine")
+            why = ("a handoff with put is a create and a seal (two round trips to the daemon), the daemon's "
+                   "wake-up of the consumer's waiting get and the acknowledgement (half a round trip each), plus "
+                   "the consumer's one-way release: three round trips of messages, each also paying the client's "
+                   "and the daemon's request handling and a wake-up of a blocked process")
             put1, get1 = r.med("tensorshm-put-alone", small), r.med("tensorshm-get-alone", small) or get1
             if lang == "py" and put1 and get1 and f:
-                why += (f"; alone, a put costs {us(put1)} ({put1 / f:.1f} ping-pongs: it is a create and a seal, "
-                        f"two round trips) and a get {us(get1)} ({get1 / f:.1f} ping-pongs), so the handoff is "
-                        f"about three daemon round trips plus the client and daemon work in each")
+                why += (f"; alone, a put costs {us(put1)} ({put1 / f:.1f} ping-pongs) and a get {us(get1)} "
+                        f"({get1 / f:.1f} ping-pongs)")
+            why += ("; a put that did not wait for the create's reply (an extent reserved ahead) would save one "
+                    "round trip" if lang == "c" else "")
         out.append((f"small ({size_label(small)}) round trip ≤ 3 socket round trips "
                     f"({'Python' if lang == 'py' else 'C++'} vs the {'Python' if lang == 'py' else 'C'} ping-pong)",
                     f"{us(t)} = {ratio(k)} of {us(f)}" if k else "—", verdict(None if k is None else k <= 3), why))
@@ -149,6 +150,9 @@ def goals(r: Results) -> list[tuple[str, str, str, str]]:
         if rr:
             why += (f"{'; ' if why else ''}Ray (not counted as copying: its get is zero-copy too) takes "
                     f"{us(rr)} = {ratio(rr / t)}")
+            if rr < 1.5 * t:
+                why += (": `ray.put` copies big buffers with several threads (`ray::parallel_memcopy`), tensorshm's "
+                        "put with one; a multi-threaded copy in put for large objects would close that gap")
         out.append(("256 MiB round trip with put ≥ 7× faster than the best copying peer",
                     f"{LABEL[best]} {us(peers[best])} / {us(t)} = {ratio(k)}", verdict(k >= 7), why))
     else:
@@ -319,7 +323,7 @@ def plot(r: Results, png: Path) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 5.2))
+    fig, (a1, a2) = plt.subplots(1, 2, figsize=(13, 6.2))
     styles = {
         "tensorshm-put": dict(color="C0", marker="o", lw=2.2),
         "tensorshm-create": dict(color="C0", marker="s", lw=2.2, ls="--"),
@@ -355,11 +359,12 @@ def plot(r: Results, png: Path) -> None:
     a2.set_yscale("log")
     a2.set_ylabel("size ÷ round-trip latency (GB/s)")
     a2.set_title("Throughput of one handoff")
-    a1.legend(fontsize=7, loc="upper left")
+    handles, labels = a1.get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=5, fontsize=8, frameon=False)
     e = r.env
     fig.suptitle(f"tensorshm against its peers — {e.get('cores')} CPUs ({e.get('cpu')}), {e.get('date', '')[:10]}"
                  f"{' — QUICK RUN' if e.get('quick') else ''}", fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.11, 1, 1))
     fig.savefig(png, dpi=110)
     plt.close(fig)
 
@@ -388,8 +393,9 @@ def document(r: Results, png: Path, out: Path) -> str:
         f"{e.get('cores')} CPUs ({e.get('cpu')}), {e.get('mem_gib')} GiB RAM, Linux {e.get('kernel')}; "
         f"Python {e.get('python')}, numpy {e.get('numpy')}, torch {e.get('torch')}, Ray {e.get('ray')}, "
         f"iceoryx {e.get('iceoryx') or 'not installed'}; commit {e.get('commit')}. The run took "
-        f"{e.get('duration_s', 0) / 60:.1f} minutes; load average {lb[0]:.1f} before and {la[0]:.1f} after "
-        f"(above ~0.5 other work shared the CPUs and the figures are noisier, mostly the p99s).",
+        f"{e.get('duration_s', 0) / 60:.1f} minutes; 1-minute load average {lb[0]:.1f} before, {la[0]:.1f} after, "
+        f"{e.get('load_max', 0):.1f} at most between steps (with {e.get('cores')} CPUs, a load above ~1 means "
+        f"other work shared them and the figures are noisier, the p99s most).",
         "",
         f"![latency and throughput against size]({os.path.relpath(png, out.parent)})",
         "",

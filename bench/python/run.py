@@ -48,12 +48,15 @@ class Run:
         self.core_bench = ""
         self.t_start = time.monotonic()
         self.step_no = 0
+        self.daemons = 0
+        self.loads: list[float] = []  # 1-minute load average at each step
         self.tmp = Path(tempfile.mkdtemp(prefix="tshm-bench-"))
 
     # ---- progress and subprocesses ----------------------------------------
 
     def step(self, title: str) -> None:
         self.step_no += 1
+        self.loads.append(os.getloadavg()[0])
         print(f"[{time.monotonic() - self.t_start:6.0f} s] {title}", file=sys.stderr, flush=True)
 
     def skip(self, what: str, why: str) -> None:
@@ -122,18 +125,19 @@ class Run:
 
     # ---- tensorshmd ----------------------------------------------------------
 
-    def start_daemon(self) -> tuple[subprocess.Popen, str, str] | None:
+    def start_daemon(self, pool: str, segment: str) -> tuple[subprocess.Popen, str, str] | None:
         daemon = self.build / "daemon" / "tensorshmd"
         if not daemon.exists():
             self.skip("tensorshm", f"{daemon} not built")
             return None
-        sock = str(self.tmp / "tensorshmd.sock")
-        instance = f"bench{os.getpid()}"
-        log = self.tmp / "tensorshmd.log"
+        self.daemons += 1
+        sock = str(self.tmp / f"tensorshmd{self.daemons}.sock")
+        instance = f"bench{os.getpid()}x{self.daemons}"
+        log = self.tmp / f"tensorshmd{self.daemons}.log"
         with open(log, "w") as f:
-            proc = subprocess.Popen([str(daemon), "--socket", sock, "--instance", instance, "--pool-size",
-                                     self.cfg["pool"], "--segment-size", self.cfg["segment"], "--log-level",
-                                     "warning"], stdout=f, stderr=subprocess.STDOUT)
+            proc = subprocess.Popen([str(daemon), "--socket", sock, "--instance", instance, "--pool-size", pool,
+                                     "--segment-size", segment, "--log-level", "warning"],
+                                    stdout=f, stderr=subprocess.STDOUT)
         import tensorshm
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -184,7 +188,7 @@ class Run:
         except ImportError as e:
             have_py = False
             self.skip("tensorshm (Python)", f"import tensorshm failed: {e}")
-        d = self.start_daemon() if (have_py or cpp.exists()) else None
+        d = self.start_daemon(c["pool"], c["segment"]) if (have_py or cpp.exists()) else None
         if d:
             proc, sock, instance = d
             try:
@@ -204,13 +208,22 @@ class Run:
                     self.step("fan-out: tensorshm (create -> fill -> seal), 1 producer -> 4 consumers")
                     self.collect("fan-out tensorshm", PEERS + ["fanout", "--peer", "tensorshm-create", "--socket",
                                                                sock, "--seconds", str(c["fanout_s"])])
-                    self.step(f"scale: {c['objects']} objects, {c['clients']} clients")
-                    self.collect("scale", PEERS + ["scale", "--socket", sock, "--objects", str(c["objects"]),
-                                                   "--clients", str(c["clients"]), "--max-iters",
-                                                   str(c["scale_iters"])])
             finally:
                 self.step("tensorshm: stopping tensorshmd")
                 self.stop_daemon(proc, instance)
+        # Scale on a daemon of its own with a small pool: 10,000 objects of 4 KiB fit in 80 MiB, and each
+        # of the 256 clients then maps (and populates) 64 MiB segments, not the 2 GiB ones above.
+        if have_py:
+            self.step(f"scale: {c['objects']} objects, {c['clients']} clients (tensorshmd with a 256 MiB pool)")
+            d = self.start_daemon("256M", "64M")
+            if d:
+                proc, sock, instance = d
+                try:
+                    self.collect("scale", PEERS + ["scale", "--socket", sock, "--objects", str(c["objects"]),
+                                                   "--clients", str(c["clients"]), "--max-iters",
+                                                   str(c["scale_iters"])])
+                finally:
+                    self.stop_daemon(proc, instance)
 
         for peer in ("mp-queue", "torch-mp-queue", "shm-pipe"):
             self.step(f"round trip: {peer}")
@@ -232,7 +245,7 @@ class Run:
         if cpp.exists():
             self.run_iceoryx(cpp)
 
-        self.step("C++ core benchmark (build/bench/tshm_core_bench)")
+        self.step(f"C++ core benchmark ({os.path.relpath(self.build, ROOT)}/bench/tshm_core_bench)")
         core = self.build / "bench" / "tshm_core_bench"
         if core.exists():
             try:
@@ -319,7 +332,7 @@ class Run:
             "numpy": version("numpy"), "torch": version("torch"), "ray": version("ray"),
             "tensorshm_py": version("tensorshm"), "iceoryx": cmd("dpkg-query", "-W", "-f=${Version}", "iceoryx"),
             "commit": cmd("git", "-C", str(ROOT), "rev-parse", "--short", "HEAD") + (" + local changes" if dirty else ""),
-            "load_before": load_before, "load_after": os.getloadavg(),
+            "load_before": load_before, "load_after": os.getloadavg(), "load_max": max(self.loads, default=0),
             "duration_s": round(time.monotonic() - self.t_start), "config": self.cfg,
         }
 
