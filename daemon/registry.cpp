@@ -34,6 +34,10 @@ bool Registry::may_read(const Caller& c, const Object& o) const {
 
 Result<Object*> Registry::create(const Caller& c, CreateParams p) {
   TSHM_TRY(validate_name(p.name));
+  if (static_cast<std::uint8_t>(p.share) > static_cast<std::uint8_t>(Share::everyone))
+    return Error{Errc::invalid_argument, "create '" + printable_name(p.name) + "': share " +
+                                             std::to_string(static_cast<unsigned>(p.share)) +
+                                             " is not one of 0 (owner), 1 (group), 2 (everyone)"};
   auto nbytes = protocol::check_layout(p.dtype, p.shape, p.strides, config_.max_object_size);
   if (!nbytes) {
     Error e = std::move(nbytes).error();
