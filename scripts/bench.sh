@@ -3,7 +3,7 @@
 # and measures tensorshm against what users would use instead — multiprocessing
 # queues, torch.multiprocessing, shared_memory by hand, Ray, iceoryx — and the
 # physical floors, all on this machine in one run. Writes docs/benchmarks.md
-# and docs/benchmarks.png (about 10 minutes).
+# and docs/benchmarks.png (about 5 minutes after the build).
 #
 #   ./scripts/bench.sh            full run
 #   ./scripts/bench.sh --quick    smoke run (< 2 minutes) into build/benchmarks-quick.md

@@ -5,8 +5,9 @@
 Every peer runs on this machine in this run, one after the other, each in its own processes (peers.py,
 and build/bench/iceoryx/tshm_iceoryx_bench for the C++ peers). The run starts and stops its own
 tensorshmd (temporary socket, unique instance) and, for iceoryx, its own RouDi. A peer that cannot run
-is reported as "not run" with the reason; the run goes on. Results go to <build-dir>/bench-results.json,
-then bench/python/report.py turns them into the report.
+is reported as "not run" with the reason; the run goes on. Results go to <build-dir>/bench-results.json
+(full runs also to <build-dir>/bench-history/, for the report's spread across runs), then
+bench/python/report.py turns them into the report.
 """
 
 from __future__ import annotations
@@ -307,7 +308,9 @@ class Run:
     # ---- output ----------------------------------------------------------------
 
     def results_path(self) -> Path:
-        return Path(self.args.results) if self.args.results else self.build / "bench-results.json"
+        if self.args.results:
+            return Path(self.args.results)
+        return self.build / ("bench-results-quick.json" if self.args.quick else "bench-results.json")
 
     def environment(self, load_before: tuple) -> dict:
         def cmd(*a: str) -> str:
@@ -373,7 +376,8 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="smoke run: 3 sizes, short budgets (< 2 minutes)")
     ap.add_argument("--build-dir", default=str(ROOT / "build"))
-    ap.add_argument("--results", default="", help="results JSON (default: <build-dir>/bench-results.json)")
+    ap.add_argument("--results", default="", help="results JSON (default: <build-dir>/bench-results.json, "
+                    "bench-results-quick.json for quick runs)")
     ap.add_argument("--out", default="", help="report (default: docs/benchmarks.md; quick runs: <build-dir>/"
                     "benchmarks-quick.md, so that a smoke run never overwrites the published numbers)")
     ap.add_argument("--png", default="", help="plot (default: next to --out, .png)")
@@ -381,21 +385,27 @@ def main() -> None:
     args = ap.parse_args()
     load_before = os.getloadavg()
     run = Run(args)
+    interrupted = False
     try:
         run.run()
     except KeyboardInterrupt:
+        interrupted = True
         print("interrupted: writing what was measured", file=sys.stderr)
     finally:
         shutil.rmtree(run.tmp, ignore_errors=True)
     path = run.write(load_before)
+    history = run.build / "bench-history"
+    if not args.quick and not interrupted:
+        history.mkdir(exist_ok=True)
+        shutil.copy(path, history / time.strftime("%Y%m%d-%H%M%S.json"))
     print(f"[{time.monotonic() - run.t_start:6.0f} s] results: {path}", file=sys.stderr, flush=True)
     if args.no_report:
         return
     out = Path(args.out) if args.out else (run.build / "benchmarks-quick.md" if args.quick
                                            else ROOT / "docs" / "benchmarks.md")
     png = Path(args.png) if args.png else out.with_suffix(".png")
-    subprocess.run([sys.executable, str(HERE / "report.py"), str(path), "--out", str(out), "--png", str(png)],
-                   check=True)
+    subprocess.run([sys.executable, str(HERE / "report.py"), str(path), "--out", str(out), "--png", str(png),
+                    "--history", str(history)], check=True)
 
 
 if __name__ == "__main__":
