@@ -32,6 +32,11 @@ int fail(const Error& e) {
 }
 
 int serve(const Config& config) {
+  // Signals are caught from the very start: one that arrives while the pool is
+  // being reserved is queued and stops the daemon once the event loop runs, so
+  // that the segments made so far are unlinked like on any other exit.
+  asio::io_context io(1);
+  asio::signal_set signals(io, SIGINT, SIGTERM);
   auto lock = InstanceLock::acquire(config.shm_dir + "/" + segment_prefix(config) + "lock");
   if (!lock) return fail(lock.error());
   auto swept = sweep_stale_segments(config.shm_dir, segment_prefix(config), segment_prefix(config) + "lock");
@@ -42,7 +47,6 @@ int serve(const Config& config) {
   auto pool = Pool::create(config);
   if (!pool) return fail(pool.error());
 
-  asio::io_context io(1);
   std::unique_ptr<CopyEngine> engine;
   if (config.cuda != "off") engine = make_cuda_copy_engine(config, io, **pool);
   else log::notice("CUDA disabled by configuration: serving CPU-only");
@@ -52,6 +56,15 @@ int serve(const Config& config) {
   if (auto s = server.listen(sm.inherited_socket()); !s) return fail(s.error());
   sm.attach(server);
   server.start();
+  signals.async_wait([&server](error_code ec, int sig) {
+    if (ec) return;
+    log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
+    server.stop();
+  });
+  server.on_stop([&signals] {
+    error_code ec;
+    signals.cancel(ec);
+  });
   log::notice("tensorshmd ", TENSORSHM_VERSION, " ready: instance '", config.instance, "', pool ",
               config.pool_size, " bytes, ", server.cuda_devices(), " GPU(s)");
   sm.ready();

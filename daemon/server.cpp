@@ -1,4 +1,4 @@
-// Accepting connections, stopping on signals, periodic housekeeping.
+// Accepting connections, stopping, periodic housekeeping.
 #include "server.hpp"
 
 #include <grp.h>
@@ -25,7 +25,6 @@ Server::Server(asio::io_context& io, const Config& config, Pool& pool, Registry&
       pool_(pool),
       registry_(registry),
       engine_(engine),
-      signals_(io, SIGINT, SIGTERM),
       housekeeping_timer_(io) {
   registry_.on_published = [this](const std::string& name) { waiters_.notify_name(name); };
   registry_.on_space_freed = [this] { waiters_.notify_space(); };
@@ -113,11 +112,6 @@ Status Server::listen(int inherited_fd) {
 }
 
 void Server::start() {
-  signals_.async_wait([this](error_code ec, int sig) {
-    if (ec) return;
-    log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
-    stop();
-  });
   asio::co_spawn(io_, accept_loop(), asio::detached);
   arm_housekeeping();
 }
@@ -137,7 +131,6 @@ void Server::stop() {
   for (auto& fn : on_stop_) fn();
   error_code ec;
   if (acceptor_) acceptor_->close(ec);
-  signals_.cancel(ec);
   housekeeping_timer_.cancel();
   for (auto& [id, weak] : sessions_)
     if (auto s = weak.lock()) s->close();

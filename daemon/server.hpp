@@ -1,5 +1,6 @@
-// The server: owns the listening socket, the sessions, the signal set and the
-// housekeeping timer, all on one io_context thread. Sessions reach the pool,
+// The server: owns the listening socket, the sessions and the housekeeping
+// timer, all on one io_context thread. (Signals belong to the process: main
+// installs them before the pool is reserved and calls stop().) Sessions reach the pool,
 // the registry, the waiters and the copy engine through it.
 #pragma once
 
@@ -41,7 +42,7 @@ class Server {
   /// answers there, replacing a stale socket file), or adopts `inherited_fd`
   /// (socket activation) when >= 0.
   Status listen(int inherited_fd = -1);
-  /// Starts accepting, the signal set and the housekeeping timer.
+  /// Starts accepting and the housekeeping timer.
   void start();
   /// Stops accepting, closes every session and lets io.run() return.
   void stop();
@@ -79,7 +80,6 @@ class Server {
   Waiters waiters_;
   Counters counters_;
   std::optional<unix_acceptor> acceptor_;
-  asio::signal_set signals_;
   asio::steady_timer housekeeping_timer_;
   std::vector<std::function<void()>> housekeeping_;
   std::vector<std::function<void()>> on_stop_;

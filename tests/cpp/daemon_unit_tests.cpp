@@ -232,6 +232,14 @@ TEST_CASE("a_created_object_is_invisible_until_sealed") {
   CHECK((*found)->id == (*o)->id);
 }
 
+TEST_CASE("a_share_value_outside_owner_group_everyone_fails_with_invalid_argument_and_allocates_nothing") {
+  RegistryFixture f;
+  auto o = f.create(f.alice, "odd", 100, static_cast<Share>(7));
+  REQUIRE_FALSE(o.has_value());
+  CHECK(o.error().code == Errc::invalid_argument);
+  CHECK(f.pool->pool_used_bytes() == 0);
+}
+
 TEST_CASE("create_and_seal_write_the_extent_header") {
   RegistryFixture f;
   CreateParams p;

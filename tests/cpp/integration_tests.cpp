@@ -466,6 +466,31 @@ TEST_CASE("shutdown_leaves_no_file_of_the_instance_in_dev_shm_and_held_objects_s
   CHECK(error_of([&] { (void)c.stats(); }) == Errc::daemon_unreachable);
 }
 
+TEST_CASE("a_sigterm_while_the_pool_is_being_reserved_still_removes_every_segment") {
+  // A pool of many segments pre-touched by one thread takes a while to
+  // reserve; the signal arrives in the middle of it.
+  Daemon d(Daemon::Options{{"--pool-size", "2G", "--segment-size", "64M", "--pretouch-threads", "1"}, "", false});
+  const auto deadline = std::chrono::steady_clock::now() + kPatience;
+  while (d.shm_files().size() < 3 && std::chrono::steady_clock::now() < deadline)  // the lock and two segments
+    std::this_thread::sleep_for(std::chrono::milliseconds(1));
+  CHECK(d.stop() == 0);  // stop() also checks that no file of the instance is left
+  CHECK(d.shm_files().empty());
+}
+
+TEST_CASE("a_stopping_daemon_wakes_a_client_waiting_in_get_instead_of_waiting_for_its_timeout") {
+  Daemon d;
+  auto c = d.connect();
+  std::atomic<int> outcome{-1};
+  std::thread waiter([&] {
+    outcome = static_cast<int>(error_of([&] { (void)c.get("never", {0, std::chrono::seconds(600)}); }));
+  });
+  (void)d.stats_when([](const Stats& s) { return s.clients >= 1; });
+  std::this_thread::sleep_for(std::chrono::milliseconds(100));  // let the get reach the daemon and park
+  CHECK(d.stop() == 0);  // a daemon still waiting would be killed after kPatience and not exit 0
+  waiter.join();
+  CHECK(outcome == static_cast<int>(Errc::daemon_unreachable));
+}
+
 TEST_CASE("a_stale_segment_of_the_instance_is_swept_at_start") {
   const std::string instance = unique_instance();
   const std::string stale_pool = "/dev/shm/tensorshm." + instance + ".p42";
