@@ -32,11 +32,19 @@ int fail(const Error& e) {
 }
 
 int serve(const Config& config) {
-  // Signals are caught from the very start: one that arrives while the pool is
-  // being reserved is queued and stops the daemon once the event loop runs, so
-  // that the segments made so far are unlinked like on any other exit.
+  // Signals are caught from the very start. One that arrives while the pool
+  // is being reserved stops the reservation at the next segment (the ones
+  // made so far are unlinked); later ones stop the server.
   asio::io_context io(1);
   asio::signal_set signals(io, SIGINT, SIGTERM);
+  int stop_signal = 0;
+  Server* running = nullptr;
+  signals.async_wait([&](error_code ec, int sig) {
+    if (ec) return;
+    stop_signal = sig;
+    log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
+    if (running != nullptr) running->stop();
+  });
   auto lock = InstanceLock::acquire(config.shm_dir + "/" + segment_prefix(config) + "lock");
   if (!lock) return fail(lock.error());
   auto swept = sweep_stale_segments(config.shm_dir, segment_prefix(config), segment_prefix(config) + "lock");
@@ -44,7 +52,14 @@ int serve(const Config& config) {
 
   ServiceManager sm;
   sm.status("reserving " + std::to_string(config.pool_size) + " bytes of shared memory");
-  auto pool = Pool::create(config);
+  auto pool = Pool::create(config, [&] {
+    io.poll();  // runs the signal handler if a signal came
+    return stop_signal != 0;
+  });
+  if (stop_signal != 0) {
+    log::notice("tensorshmd stopped during start-up; all segments removed");
+    return 0;
+  }
   if (!pool) return fail(pool.error());
 
   std::unique_ptr<CopyEngine> engine;
@@ -56,15 +71,11 @@ int serve(const Config& config) {
   if (auto s = server.listen(sm.inherited_socket()); !s) return fail(s.error());
   sm.attach(server);
   server.start();
-  signals.async_wait([&server](error_code ec, int sig) {
-    if (ec) return;
-    log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
-    server.stop();
-  });
   server.on_stop([&signals] {
     error_code ec;
     signals.cancel(ec);
   });
+  running = &server;
   log::notice("tensorshmd ", TENSORSHM_VERSION, " ready: instance '", config.instance, "', pool ",
               config.pool_size, " bytes, ", server.cuda_devices(), " GPU(s)");
   sm.ready();

@@ -14,7 +14,7 @@
 
 namespace tensorshm::daemon {
 
-Result<std::unique_ptr<Pool>> Pool::create(const Config& config) {
+Result<std::unique_ptr<Pool>> Pool::create(const Config& config, const std::function<bool()>& interrupted) {
   std::unique_ptr<Pool> pool(new Pool(config));
   pool->page_ = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
   const std::uint64_t total = (config.pool_size + pool->page_ - 1) / pool->page_ * pool->page_;
@@ -29,6 +29,9 @@ Result<std::unique_ptr<Pool>> Pool::create(const Config& config) {
                      config.shm_dir + ") or start with a smaller --pool-size"};
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t left = total; left > 0;) {
+    if (interrupted && interrupted())  // the partial pool's destructor unlinks what was made
+      return Error{Errc::timeout, "reserving the pool was interrupted after " +
+                                      std::to_string(pool->segments_.size()) + " segment(s)"};
     const std::uint64_t size = std::min(left, config.segment_size);
     auto seg = pool->add_segment(size, /*dedicated=*/false);
     if (!seg) return std::move(seg).error();
@@ -59,15 +62,14 @@ Result<Segment*> Pool::add_segment(std::uint64_t size, bool dedicated) {
   Segment* raw = seg->get();
   segments_.emplace(id, std::move(*seg));
   if (on_segment_added) on_segment_added(*raw);
-  if (!dedicated) allocators_.emplace(id, ExtentAllocator(TSHM_HEADER_BYTES, size - TSHM_HEADER_BYTES, page_));
-  else dedicated_bytes_ += size;
+  if (!dedicated) {
+    auto& a = allocators_.emplace(id, ExtentAllocator(TSHM_HEADER_BYTES, size - TSHM_HEADER_BYTES, page_)).first->second;
+    pool_bytes_ += a.capacity();
+    pool_extent_limit_ = std::max(pool_extent_limit_, a.capacity());
+  } else {
+    dedicated_bytes_ += size;
+  }
   return raw;
-}
-
-std::uint64_t Pool::pool_extent_limit() const noexcept {
-  std::uint64_t m = 0;
-  for (const auto& [id, a] : allocators_) m = std::max(m, a.capacity());
-  return m;
 }
 
 Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
@@ -191,11 +193,6 @@ std::vector<const Segment*> Pool::pool_segments() const {
   return out;
 }
 
-std::uint64_t Pool::pool_bytes() const noexcept {
-  std::uint64_t b = 0;
-  for (const auto& [id, a] : allocators_) b += a.capacity();
-  return b;
-}
 
 std::uint64_t Pool::pool_used_bytes() const noexcept {
   std::uint64_t b = 0;

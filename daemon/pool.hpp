@@ -45,8 +45,10 @@ class Pool {
  public:
   /// Checks that the shared-memory filesystem has room, then creates every
   /// pool segment (reserved and pre-touched). Start-up errors name the sizes
-  /// and the fix.
-  static Result<std::unique_ptr<Pool>> create(const Config& config);
+  /// and the fix. `interrupted` is asked between segments; when it says yes
+  /// the segments made so far are removed and Errc::timeout comes back.
+  static Result<std::unique_ptr<Pool>> create(const Config& config,
+                                              const std::function<bool()>& interrupted = {});
   ~Pool();
 
   /// An extent of at least `bytes`, from a pool segment when it fits one,
@@ -66,9 +68,9 @@ class Pool {
   std::vector<const Segment*> pool_segments() const;
   std::uint64_t page_size() const noexcept { return page_; }
   /// Largest extent a pool segment can hold.
-  std::uint64_t pool_extent_limit() const noexcept;
+  std::uint64_t pool_extent_limit() const noexcept { return pool_extent_limit_; }
 
-  std::uint64_t pool_bytes() const noexcept;
+  std::uint64_t pool_bytes() const noexcept { return pool_bytes_; }
   std::uint64_t pool_used_bytes() const noexcept;
   std::uint64_t dedicated_bytes() const noexcept { return dedicated_bytes_; }
   std::size_t segment_count() const noexcept { return segments_.size(); }
@@ -96,6 +98,8 @@ class Pool {
   std::uint64_t page_ = 4096;
   std::uint32_t next_id_ = 1;
   std::uint64_t dedicated_bytes_ = 0;
+  std::uint64_t pool_bytes_ = 0;         // capacity of the pool segments, fixed at start
+  std::uint64_t pool_extent_limit_ = 0;  // the largest of them
   std::map<std::uint32_t, std::unique_ptr<Segment>> segments_;
   std::map<std::uint32_t, ExtentAllocator> allocators_;  // pool segments only
   std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
