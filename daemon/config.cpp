@@ -103,8 +103,10 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
     ("log-level", po::value(&log_level)->default_value("info"), "debug, info, notice, warning or error");
   // clang-format on
   po::variables_map vm;
+  bool socket_on_command_line = false;  // flags beat the environment, the file does not
   try {
     po::store(po::parse_command_line(argc, argv, opts), vm);
+    socket_on_command_line = vm.count("socket") > 0;
     if (vm.count("help")) {
       std::ostringstream os;
       os << "tensorshmd: shared-memory tensor handoff daemon\n\n"
@@ -124,11 +126,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
     return Error{Errc::invalid_argument, std::string(e.what()) + " (see tensorshmd --help)"};
   }
   // The environment beats the file but not an explicit flag.
-  bool socket_flag = false;
-  for (int i = 1; i < argc; ++i)
-    if (std::string_view(argv[i]).starts_with("--socket") && !std::string_view(argv[i]).starts_with("--socket-"))
-      socket_flag = true;
-  if (!socket_flag)
+  if (!socket_on_command_line)
     if (const char* s = std::getenv("TENSORSHM_SOCKET"); s != nullptr && *s != '\0') c.socket_path = s;
 
   auto ps = parse_size("pool-size", pool_size);

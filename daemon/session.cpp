@@ -211,11 +211,6 @@ awaitable<void> Session::run() {
       r = co_await dispatch(**msg);
     }
     const bool fatal = refuse_ || (r.body.type == wire::Body::ErrorReply && !said_hello_);
-    if (const auto* rel = (*msg)->body.AsRelease(); rel != nullptr && rel->no_reply && !fatal) {
-      if (r.body.type == wire::Body::ErrorReply)
-        log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.body.AsErrorReply()->message);
-      continue;  // one-way release: nothing to send
-    }
     protocol::encode_into(wbuf_, fbb_, r.body, h.request_id);
     if (!co_await send(wbuf_, r.fd)) break;
     if (fatal || peer_gone_) break;
@@ -231,8 +226,6 @@ awaitable<Reply> Session::dispatch(protocol::Message& msg) {
     case wire::Body::CreateObject: co_return co_await on_create(*b.AsCreateObject());
     case wire::Body::Seal: co_return on_seal(*b.AsSeal());
     case wire::Body::Abort: co_return on_abort(*b.AsAbort());
-    case wire::Body::Get: co_return co_await on_get(*b.AsGet());
-    case wire::Body::Release: co_return on_release(*b.AsRelease());
     case wire::Body::Delete: co_return on_delete(*b.AsDelete());
     case wire::Body::List: co_return on_list(*b.AsList());
     case wire::Body::Stat: co_return on_stat(*b.AsStat());
@@ -375,30 +368,12 @@ awaitable<Result<Object*>> Session::lease_for_get(const std::string& name, std::
   co_return r;
 }
 
-awaitable<Reply> Session::on_get(const wire::GetT& m) {
-  auto r = co_await lease_for_get(m.name, m.newer_than, m.timeout_ms);
-  if (!r) co_return error_reply(r.error());
-  wire::GetReplyT out;
-  out.object = describe(**r);
-  Reply rep = reply(std::move(out));
-  // A dedicated segment comes with the reply (saves a MapSegment round trip).
-  if (const Segment* seg = server_.pool().segment((*r)->extent.segment_id); seg && seg->dedicated())
-    rep.fd = seg->ro_fd();
-  co_return rep;
-}
-
 Status Session::release_lease(std::uint64_t object_id) {
   auto it = leases_.find(object_id);
   if (it == leases_.end())
     return Error{Errc::not_open, "release: this connection holds no lease on object " + std::to_string(object_id)};
   if (--it->second == 0) leases_.erase(it);
   return server_.registry().unlease(object_id);
-}
-
-Reply Session::on_release(const wire::ReleaseT& m) {
-  auto r = release_lease(m.object_id);
-  if (!r) return error_reply(r.error());
-  return reply(wire::OkT{});
 }
 
 awaitable<bool> Session::serve_fast(const protocol::FrameHeader& h, const wire::Message& msg) {

@@ -59,10 +59,9 @@ class Session : public std::enable_shared_from_this<Session> {
   awaitable<Reply> on_create(wire::CreateObjectT& m);
   Reply on_seal(const wire::SealT& m);
   Reply on_abort(const wire::AbortT& m);
-  awaitable<Reply> on_get(const wire::GetT& m);
-  Reply on_release(const wire::ReleaseT& m);
-  /// The hot path: Get and Release straight from the verified payload, the
-  /// reply built without intermediate objects. Returns false to end the session.
+  /// Get and Release, once the session said hello, come only this way: straight
+  /// from the verified payload, the reply built without intermediate objects.
+  /// Returns false to end the session.
   awaitable<bool> serve_fast(const protocol::FrameHeader& h, const wire::Message& msg);
   /// Finds (waiting up to timeout_ms) and leases the version a Get asks for.
   awaitable<Result<Object*>> lease_for_get(const std::string& name, std::uint64_t newer_than,

@@ -212,7 +212,7 @@ Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request
   return protocol::verify(*h, payload, scratch_);
 }
 
-Result<const wire::Message*> Connection::round_trip_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
+Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
   TSHM_TRY(ensure_connected_locked());
   const std::uint32_t id = next_request_++;
   protocol::encode_into(wbuf_, fbb_, body, id);
@@ -225,13 +225,9 @@ Result<const wire::Message*> Connection::round_trip_locked(const wire::BodyUnion
   return reply;
 }
 
-Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
-  return round_trip_locked(body, fds);
-}
-
 Result<std::unique_ptr<protocol::Message>> Connection::call_locked(const wire::BodyUnion& body,
                                                                    std::vector<int>* fds) {
-  auto view = round_trip_locked(body, fds);
+  auto view = call_view_locked(body, fds);
   if (!view) return std::move(view).error();
   return std::unique_ptr<protocol::Message>((*view)->UnPack());
 }

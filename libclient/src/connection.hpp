@@ -80,9 +80,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Receives the reply to `request_id` into rbuf_ and verifies it; the view
   /// points into rbuf_ (or scratch_).
   Result<const wire::Message*> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);
-  /// Sends a request and receives its verified reply; an ErrorReply becomes
-  /// its Error, transport failures end the connection.
-  Result<const wire::Message*> round_trip_locked(const wire::BodyUnion& body, std::vector<int>* fds);
+
   Error lost(const Error& why);
 
   Client::Options options_;

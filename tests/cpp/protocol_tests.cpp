@@ -21,6 +21,7 @@
 #include "tensorshm/names.hpp"
 #include "tensorshm/protocol.hpp"
 #include "tensorshm/segment_layout.h"
+#include "../common/sample_desc.hpp"
 
 using namespace tensorshm;
 namespace proto = tensorshm::protocol;
@@ -73,26 +74,7 @@ const T& body_as(const std::unique_ptr<proto::Message>& m) {
   return *static_cast<const T*>(m->body.value);
 }
 
-std::unique_ptr<wire::ObjectDescT> sample_desc() {
-  auto d = std::make_unique<wire::ObjectDescT>();
-  d->object_id = 77;
-  d->name = "camera/0/frame";
-  d->version = 12;
-  d->dtype = std::make_unique<wire::DType>(proto::to_wire(dtypes::kBfloat16));
-  d->shape = {2, 3, 4};
-  d->strides = {12, 4, 1};
-  d->nbytes = 48;
-  d->segment_id = 3;
-  d->extent_offset = 8192;
-  d->data_offset = 12288;
-  d->generation = 99;
-  d->owner_uid = 1000;
-  d->share = wire::Share::Group;
-  d->sealed = true;
-  d->created_unix_ns = 1700000000123456789ull;
-  d->leases = 5;
-  return d;
-}
+using tshm_test::sample_desc;
 
 void check_sample_desc(const std::unique_ptr<wire::ObjectDescT>& d) {
   REQUIRE(d != nullptr);

@@ -45,6 +45,7 @@
 #include "tensorshm/names.hpp"
 #include "tensorshm/protocol.hpp"
 #include "tensorshm/segment_layout.h"
+#include "../common/sample_desc.hpp"
 
 namespace {
 
@@ -312,26 +313,7 @@ void run_one(World& w, std::span<const std::byte> in) {
 
 // ---- seeds ---------------------------------------------------------------------
 
-std::unique_ptr<wire::ObjectDescT> sample_desc() {
-  auto d = std::make_unique<wire::ObjectDescT>();
-  d->object_id = 7;
-  d->name = "camera/0/frame";
-  d->version = 3;
-  d->dtype = std::make_unique<wire::DType>(proto::to_wire(dtypes::kFloat32));
-  d->shape = {2, 3, 4};
-  d->strides = {12, 4, 1};
-  d->nbytes = 96;
-  d->segment_id = 1;
-  d->extent_offset = 4096;
-  d->data_offset = 8192;
-  d->generation = 5;
-  d->owner_uid = 1000;
-  d->share = wire::Share::Group;
-  d->sealed = true;
-  d->created_unix_ns = 1700000000000000000ull;
-  d->leases = 1;
-  return d;
-}
+using tshm_test::sample_desc;
 
 wire::CreateObjectT sample_create(const std::string& name, wire::Share share = wire::Share::Owner) {
   wire::CreateObjectT m;
