@@ -180,6 +180,27 @@ double ms_since(std::chrono::steady_clock::time_point t0) {
 
 }  // namespace
 
+template <class Fn>
+auto CudaCopyEngine::watched(const char* call, std::string_view object, Fn&& fn) {
+  {
+    std::lock_guard lk(activity_.mu);
+    activity_.call = call;
+    activity_.object.assign(object);
+    activity_.since = std::chrono::steady_clock::now();
+  }
+  auto result = fn();
+  std::lock_guard lk(activity_.mu);
+  activity_.call = nullptr;
+  return result;
+}
+
+std::string CudaCopyEngine::engine_activity() const {
+  std::lock_guard lk(activity_.mu);
+  if (activity_.call == nullptr) return "the engine thread is not in a CUDA call";
+  return std::string("the engine thread has been in ") + activity_.call + " (" + activity_.object + ") for " +
+         std::to_string(static_cast<long long>(ms_since(activity_.since))) + " ms";
+}
+
 std::string format_uuid(const DeviceUuid& u) {
   char s[64];
   std::snprintf(s, sizeof s, "GPU-%02x%02x%02x%02x-%02x%02x-%02x%02x-%02x%02x-%02x%02x%02x%02x%02x%02x", u[0], u[1],
@@ -262,8 +283,8 @@ CudaCopyEngine::~CudaCopyEngine() {
   alive_.reset();  // completions posted from now on are dropped
   pending_.clear();
   if (!answered) {
-    log::warning("copy engine stopping while its thread is stuck in a CUDA call; leaving it and the GPU resources "
-                 "to process exit");
+    log::warning("copy engine stopping while its thread is stuck in a CUDA call (", engine_activity(),
+                 "); leaving it and the GPU resources to process exit");
     leak(engine_thread_);
     leak(worker_);
     return;
@@ -286,7 +307,7 @@ bool CudaCopyEngine::shut_down() {
   for (auto& [id, s] : sessions_)
     for (auto [dev, stream] : s.streams)
       for (;;) {
-        auto done = api_->stream_done(dev, stream);
+        auto done = watched("cudaStreamQuery", "shutdown", [&] { return api_->stream_done(dev, stream); });
         if (!done || *done) break;
         if (std::chrono::steady_clock::now() >= give_up) {
           ++stuck;
@@ -305,11 +326,13 @@ bool CudaCopyEngine::shut_down() {
   for (auto& [id, s] : sessions_) {
     for (const auto& e : s.mems.take_all()) close_mem(e);
     for (const auto& e : s.events.take_all()) close_event(e);
-    for (auto [dev, stream] : s.streams) (void)api_->destroy_stream(dev, stream);
+    for (auto [dev, stream] : s.streams)
+      (void)watched("cudaStreamDestroy", "shutdown", [&] { return api_->destroy_stream(dev, stream); });
   }
   sessions_.clear();
   for (auto& d : devices_) {
-    for (void* stream : d.idle_streams) (void)api_->destroy_stream(d.ordinal, stream);
+    for (void* stream : d.idle_streams)
+      (void)watched("cudaStreamDestroy", "shutdown", [&] { return api_->destroy_stream(d.ordinal, stream); });
     d.idle_streams.clear();
   }
   for (auto& [id, r] : regions_) unpin(r);
@@ -343,14 +366,14 @@ void CudaCopyEngine::attach(Pool& pool) {
     std::string what = "dedicated segment " + s.name();
     if (!on_engine([this, id, base, size, what] { add_region_now(id, base, size, what); }, options_.hook_patience))
       log::warning("pinning ", what, " is queued behind a CUDA call that has not returned for ",
-                   options_.hook_patience.count(), " ms; GPU puts into it wait for it");
+                   options_.hook_patience.count(), " ms; GPU puts into it wait for it (", engine_activity(), ")");
   };
   pool.on_segment_removed = [this](const Segment& s) {
     const std::uint32_t id = s.id();
     if (on_engine([this, id] { remove_region_now(id); }, options_.hook_patience)) return true;
     log::warning("unpinning dedicated segment ", s.name(), " is queued behind a CUDA call that has not returned for ",
                  options_.hook_patience.count(), " ms; keeping it mapped (", s.size(),
-                 " bytes) until tensorshmd stops");
+                 " bytes) until tensorshmd stops (", engine_activity(), ")");
     return false;
   };
 }
@@ -368,7 +391,7 @@ void CudaCopyEngine::add_region_now(std::uint32_t id, std::byte* base, std::uint
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t off = 0; off < bytes; off += options_.pin_chunk) {
     const std::uint64_t n = std::min(options_.pin_chunk, bytes - off);
-    auto st = api_->register_host(base + off, n, what);
+    auto st = watched("cudaHostRegister", what, [&] { return api_->register_host(base + off, n, what); });
     if (!st) {
       log::warning("could not pin ", what, " (", bytes, " bytes): ", st.error().message,
                    "; copies into it run unpinned, at about half the speed, on a helper thread");
@@ -391,7 +414,8 @@ void CudaCopyEngine::remove_region_now(std::uint32_t id) {
 
 void CudaCopyEngine::unpin(Region& r) {
   for (auto [p, n] : r.chunks)
-    if (auto st = api_->unregister_host(p, r.what); !st) log::warning("unpinning ", r.what, ": ", st.error().message);
+    if (auto st = watched("cudaHostUnregister", r.what, [&] { return api_->unregister_host(p, r.what); }); !st)
+      log::warning("unpinning ", r.what, ": ", st.error().message);
   r.chunks.clear();
 }
 
@@ -489,7 +513,9 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
     auto ev = open_event(s, r.event_handle, device, object);
     if (!ev) return std::move(ev).error();
     event = (*ev)->ptr;
-    if (auto st = api_->wait_event(device, *stream, event, object); !st) return st;
+    if (auto st = watched("cudaStreamWaitEvent", object, [&] { return api_->wait_event(device, *stream, event, object); });
+        !st)
+      return st;
   }
   // From here on the copy is queued (or about to be): the handles it uses stay
   // open until finish() runs.
@@ -516,15 +542,19 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
   }
   Status issued = ok_status();
   for (const auto& p : pieces)
-    if (!(issued = api_->copy_to_host(device, *stream, p.dst, p.src, p.bytes, object))) break;
+    if (!(issued = watched("cudaMemcpyAsync", object,
+                           [&] { return api_->copy_to_host(device, *stream, p.dst, p.src, p.bytes, object); })))
+      break;
   // Even when a piece could not be queued, the ones before it were: the
   // handles stay in use until the stream passes them.
-  auto queued = api_->when_done(
-      device, *stream,
-      [back, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
-        post_finish(back, alive, engine, id, issued ? std::move(st) : issued);
-      },
-      object);
+  auto queued = watched("cudaStreamAddCallback", object, [&] {
+    return api_->when_done(
+        device, *stream,
+        [back, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
+          post_finish(back, alive, engine, id, issued ? std::move(st) : issued);
+        },
+        object);
+  });
   if (!queued) finish(id, issued ? std::move(queued) : issued);
   return ok_status();
 }
@@ -559,7 +589,7 @@ Result<void*> CudaCopyEngine::stream_for(SessionState& s, Device& d, const std::
     stream = d.idle_streams.back();
     d.idle_streams.pop_back();
   } else {
-    auto made = api_->create_stream(d.ordinal);
+    auto made = watched("cudaStreamCreateWithFlags", object, [&] { return api_->create_stream(d.ordinal); });
     if (!made) return Error{made.error().code, object + ": " + made.error().message};
     stream = *made;
   }
@@ -570,7 +600,7 @@ Result<void*> CudaCopyEngine::stream_for(SessionState& s, Device& d, const std::
 Result<HandleCache::Entry*> CudaCopyEngine::open_mem(SessionState& s, const IpcBytes& key, int device,
                                                      const std::string& object) {
   if (auto* e = s.mems.find(key)) return e;
-  auto base = api_->open_mem_handle(device, key, object);
+  auto base = watched("cudaIpcOpenMemHandle", object, [&] { return api_->open_mem_handle(device, key, object); });
   if (!base)
     return Error{base.error().code, object + ": the producer's CUDA memory handle could not be opened: " +
                                          base.error().message +
@@ -584,7 +614,7 @@ Result<HandleCache::Entry*> CudaCopyEngine::open_mem(SessionState& s, const IpcB
 Result<HandleCache::Entry*> CudaCopyEngine::open_event(SessionState& s, const IpcBytes& key, int device,
                                                        const std::string& object) {
   if (auto* e = s.events.find(key)) return e;
-  auto ev = api_->open_event_handle(device, key, object);
+  auto ev = watched("cudaIpcOpenEventHandle", object, [&] { return api_->open_event_handle(device, key, object); });
   if (!ev)
     return Error{ev.error().code, object + ": the producer's CUDA event handle could not be opened: " +
                                        ev.error().message +
@@ -677,6 +707,7 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
                                 std::to_string(options_.copy_timeout.count()) +
                                 " ms; the producer may have died mid-copy (its destination is quarantined until "
                                 "tensorshmd restarts)"};
+  log::warning(p.object, " timed out; ", engine_activity());
   log::warning(e.message);
   p.done(std::move(e));
 }
@@ -712,11 +743,16 @@ void CudaCopyEngine::drop_session(std::uint64_t session) {
 }
 
 void CudaCopyEngine::close_mem(const HandleCache::Entry& e) {
-  if (auto st = api_->close_mem_handle(e.device, e.ptr); !st) log::warning("closing a CUDA memory handle: ", st.error().message);
+  auto st = watched("cudaIpcCloseMemHandle", "a cached memory handle",
+                    [&] { return api_->close_mem_handle(e.device, e.ptr); });
+  if (!st)
+    log::warning("closing a CUDA memory handle: ", st.error().message);
 }
 
 void CudaCopyEngine::close_event(const HandleCache::Entry& e) {
-  if (auto st = api_->destroy_event(e.device, e.ptr); !st) log::warning("closing a CUDA event handle: ", st.error().message);
+  auto st = watched("cudaEventDestroy", "a cached event handle", [&] { return api_->destroy_event(e.device, e.ptr); });
+  if (!st)
+    log::warning("closing a CUDA event handle: ", st.error().message);
 }
 
 }  // namespace tensorshm::daemon

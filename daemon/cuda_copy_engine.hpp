@@ -26,8 +26,10 @@
 #include <list>
 #include <map>
 #include <memory>
+#include <mutex>
 #include <optional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 #include "copy_engine.hpp"
@@ -120,8 +122,19 @@ class CudaCopyEngine final : public CopyEngine {
   void drain();
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
+  /// What the engine thread is doing, from any thread, for the messages of
+  /// puts that time out and hooks that wait too long: "the engine thread has
+  /// been in cudaIpcCloseMemHandle (put 'x') for 1234 ms" or "the engine
+  /// thread is not in a CUDA call".
+  std::string engine_activity() const;
 
  private:
+  struct Activity {  // the CUDA call the engine thread is in, if any
+    mutable std::mutex mu;
+    const char* call = nullptr;
+    std::string object;
+    std::chrono::steady_clock::time_point since{};
+  };
   struct Device {
     int ordinal = 0;
     DeviceUuid uuid{};
@@ -185,6 +198,9 @@ class CudaCopyEngine final : public CopyEngine {
   void close_event(const HandleCache::Entry& e);
   void drop_session(std::uint64_t session);
   void unpin(Region& r);
+  /// Runs one CudaApi call on the engine thread, noting it in activity_.
+  template <class Fn>
+  auto watched(const char* call, std::string_view object, Fn&& fn);
 
   std::shared_ptr<CudaApi> api_;
   boost::asio::io_context& io_;
@@ -197,6 +213,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread
   Pool* pool_ = nullptr;
+  Activity activity_;
   std::shared_ptr<JobThread> worker_;   // copies into unpinned memory, which block until done
   std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // callbacks check it before touching the engine
   std::shared_ptr<JobThread> engine_thread_;  // every CudaApi call runs here

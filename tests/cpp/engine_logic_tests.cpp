@@ -549,6 +549,8 @@ TEST_CASE("a copy that never completes fails after the put's timeout, once, and 
   CHECK(out->status->error().code == Errc::cuda_error);
   CHECK(out->message().find("put 'cam/1': the device-to-host copy did not complete within 50 ms; the producer may "
                             "have died mid-copy") != std::string::npos);
+  // The stream, not a CUDA call, is what waits.
+  CHECK(rig.engine->engine_activity() == "the engine thread is not in a CUDA call");
   REQUIRE(rig.engine->quarantined().size() == 1);
   CHECK(rig.engine->quarantined()[0].first == rig.pool.data());
   CHECK(rig.engine->quarantined()[0].second == 4 * kKiB);
@@ -585,6 +587,9 @@ TEST_CASE("with the engine thread stuck in a CUDA call, the io thread keeps runn
   CHECK(out->message().find("did not complete within 50 ms") != std::string::npos);
   CHECK(next->message().find("did not complete within 50 ms") != std::string::npos);
   CHECK(rig.api->blocked());
+  // Which call is stuck, for the log line of the timeout.
+  const std::string activity = rig.engine->engine_activity();
+  CHECK(activity.find("the engine thread has been in cudaIpcOpenMemHandle (put 'cam/1') for ") == 0);
 
   // Once the call returns the engine catches up; the answers are not repeated.
   rig.api->unblock();

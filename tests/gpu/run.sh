@@ -107,7 +107,8 @@ BENCH_MAX=1G
 echo "/dev/shm has $((shm_free >> 20)) MiB free: pool ${POOL_G}G, largest benchmark size $BENCH_MAX"
 set -x
 "$KIT/bin/tensorshmd" --socket "$TENSORSHM_SOCKET" --instance "$INSTANCE" --pool-size "${POOL_G}G" \
-  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" --log-level info > "$OUT/daemon.log" 2>&1 &
+  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" --log-level info \
+  --cuda-copy-timeout-ms 10000 > "$OUT/daemon.log" 2>&1 &
 DAEMON_PID=$!
 set +x
 ready=0
@@ -171,10 +172,13 @@ note "D2H pool/raw (Python)" "$(ratio_list d2h-py $((64 << 20)) < "$WORK/bench_p
 note "handoff 256 MiB" "$(grep '^handoff ' "$WORK/bench_py.txt" | sed 's/^handoff size=[0-9]* //' || echo 'no result') (goal >= 3x)"
 
 # ---- pytest ---------------------------------------------------------------------------------
-section "pytest: tests/gpu"
+# The faults (producers SIGKILLed mid-put) run last, after the libtorch check,
+# so that a fault that wedges GPU puts cannot hide what the other checks show.
+FAULTS="killed_mid_copy or killed_at_random"
+section "pytest: tests/gpu (without the faults)"
 set -x
-PYTHONUNBUFFERED=1 timeout 300 $PY -m pytest -v -rs -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests/gpu \
-  2>&1 | tee "$WORK/pytest.txt"
+PYTHONUNBUFFERED=1 timeout 240 $PY -m pytest -v -rs -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests/gpu \
+  -k "not ($FAULTS)" 2>&1 | tee "$WORK/pytest.txt"
 set +x
 note "pytest tests/gpu" "$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$WORK/pytest.txt" | tail -1 | tr -d '=' || echo 'no result')"
 
@@ -189,6 +193,35 @@ if ((torch_rc == 0)); then
   note "torch adapter (C++)" "$(tail -1 "$WORK/torch_check.txt")"
 else
   note "torch adapter (C++)" "BUILD FAILED (rc $torch_rc; see torch-check-build.log)"
+fi
+
+# ---- faults -----------------------------------------------------------------------------------
+# What every daemon thread is doing: kernel wait channel and stack, and a
+# backtrace when gdb exists. Called when the daemon stops answering.
+diagnose() {
+  echo "---- tensorshmd threads ($1)"
+  for t in /proc/$DAEMON_PID/task/*; do
+    echo "tid $(basename "$t") $(cat "$t/comm" 2>/dev/null) state=$(awk '{print $3}' "$t/stat" 2>/dev/null)" \
+         "wchan=$(cat "$t/wchan" 2>/dev/null)"
+    head -6 "$t/stack" 2>/dev/null | sed 's/^/    /'
+  done
+  if command -v gdb >/dev/null; then
+    timeout 60 gdb -p $DAEMON_PID -batch -ex "thread apply all bt 12" 2>&1 | grep -E '^(Thread|#)' | head -120
+  fi
+  grep -E 'timed out|engine thread|stuck|quarantin' "$OUT/daemon.log" | tail -20
+}
+section "faults: producers SIGKILLed mid-put (tests/gpu -k '$FAULTS')"
+set -x
+PYTHONUNBUFFERED=1 timeout 200 $PY -m pytest -v -s -rs -p no:cacheprovider --junitxml="$OUT/pytest-faults.xml" \
+  tests/gpu -k "$FAULTS" 2>&1 | tee "$WORK/pytest-faults.txt"
+set +x
+note "GPU faults (pytest)" "$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$WORK/pytest-faults.txt" | tail -1 | tr -d '=' || echo 'no result')"
+figures=$(grep -o 'FIGURES random-kill: .*' "$WORK/pytest-faults.txt" | sed 's/^FIGURES random-kill: //')
+[[ -n $figures ]] && note "random kills" "$figures"
+if ! timeout 10 "$KIT/bin/tensorshmctl" ping >/dev/null 2>&1 ||
+   grep -qE 'timed out|stuck' "$OUT/daemon.log"; then
+  diagnose "after the faults" | tee "$OUT/diagnosis.txt"
+  note diagnosis "$(grep -m1 -o 'the engine thread [^;)]*' "$OUT/daemon.log" || echo 'see diagnosis.txt')"
 fi
 
 # ---- stop -------------------------------------------------------------------------------------
