@@ -55,8 +55,12 @@ class CudaApi {
   virtual Result<void*> open_event_handle(int device, const IpcBytes& handle, std::string_view object) = 0;
   virtual Status destroy_event(int device, void* event) = 0;
 
-  /// Later work on `stream` waits until `event` (as last recorded) completes.
-  virtual Status wait_event(int device, void* stream, void* event, std::string_view object) = 0;
+  /// True once the work recorded before `event` has completed (cudaEventQuery).
+  /// The engine waits for a producer's event on the host, never with
+  /// cudaStreamWaitEvent: a device-side wait on the event of a producer that
+  /// died before its work ran never ends, and calls that synchronize the
+  /// device (cudaIpcCloseMemHandle among them) then block for ever.
+  virtual Result<bool> query_event(int device, void* event, std::string_view object) = 0;
   /// cudaMemcpyAsync device-to-host. Returns at once when `dst` is
   /// page-locked; into pageable memory it returns when the copy is done, so
   /// the engine calls it off the io thread then.

@@ -106,10 +106,12 @@ class RuntimeCudaApi final : public CudaApi {
     return cuda_call("cudaEventDestroy", "producer event", [&] { return cudaEventDestroy(as_event(event)); });
   }
 
-  Status wait_event(int device, void* stream, void* event, std::string_view object) override {
+  Result<bool> query_event(int device, void* event, std::string_view object) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaStreamWaitEvent", object,
-                     [&] { return cudaStreamWaitEvent(as_stream(stream), as_event(event), 0); });
+    const cudaError_t e = cudaEventQuery(as_event(event));
+    if (e == cudaErrorNotReady) return false;
+    TSHM_TRY(cuda_call("cudaEventQuery", object, [&] { return e; }));
+    return true;
   }
 
   Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,

@@ -9,12 +9,18 @@
 // io thread calls CUDA or waits for the engine thread without a bound.
 #include "cuda_copy_engine.hpp"
 
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdio>
 #include <deque>
 #include <mutex>
 #include <thread>
+
+#include <sys/prctl.h>
+
+#include <cerrno>
+#include <cstring>
 
 #include "asio.hpp"
 #include "log.hpp"
@@ -90,9 +96,15 @@ std::vector<HandleCache::Entry> HandleCache::take_all() {
 /// could not be pinned (they block until done). Jobs may be pushed from any
 /// thread; after close() they are dropped. A thread stuck in a job can be
 /// abandoned (detach) at shutdown: the process is exiting.
+///
+/// `tick`, when given, runs on the thread after every job and whenever the
+/// delay it last returned has passed: the engine polls producers' events
+/// there. It returns the delay until it wants to run again, or nullopt when
+/// it has nothing to poll.
 class JobThread {
  public:
-  JobThread() : thread_([this] { loop(); }) {}
+  using Tick = std::function<std::optional<std::chrono::microseconds>()>;
+  explicit JobThread(Tick tick = {}) : tick_(std::move(tick)), thread_([this] { loop(); }) {}
   ~JobThread() {
     close();
     if (thread_.joinable()) thread_.join();  // finishes the jobs queued before close()
@@ -130,22 +142,43 @@ class JobThread {
 
  private:
   void loop() {
+    if (tick_) {
+      // Polls run every few microseconds while an event is pending; the
+      // default 50 us timer slack would stretch each wait.
+      if (::prctl(PR_SET_TIMERSLACK, 1000UL, 0UL, 0UL, 0UL) != 0)
+        log::warning("prctl(PR_SET_TIMERSLACK, 1000) on the copy engine's thread: ", std::strerror(errno),
+                     "; polls of producers' events may run late");
+    }
+    std::optional<std::chrono::microseconds> next;
     for (;;) {
       std::function<void()> job;
       {
         std::unique_lock lk(mu_);
-        cv_.wait(lk, [&] { return closed_ || !jobs_.empty(); });
-        if (jobs_.empty()) return;  // closed and drained
-        job = std::move(jobs_.front());
-        jobs_.pop_front();
+        const auto ready = [&] { return closed_ || !jobs_.empty(); };
+        if (next) cv_.wait_for(lk, *next, ready);
+        else cv_.wait(lk, ready);
+        if (jobs_.empty() && closed_) return;  // closed and drained
+        if (!jobs_.empty()) {
+          job = std::move(jobs_.front());
+          jobs_.pop_front();
+        }
       }
-      job();
+      if (job) job();
+      next = std::nullopt;
+      if (tick_) {
+        {
+          std::lock_guard lk(mu_);
+          if (closed_ && jobs_.empty()) return;  // detached or closing: the engine may be gone
+        }
+        next = tick_();
+      }
     }
   }
   std::mutex mu_;
   std::condition_variable cv_;
   std::deque<std::function<void()>> jobs_;
   bool closed_ = false;
+  Tick tick_;
   std::thread thread_;  // last: starts once the rest is ready
 };
 
@@ -210,6 +243,7 @@ std::string format_uuid(const DeviceUuid& u) {
 
 struct CudaCopyEngine::Pending {
   Done done;
+  std::shared_ptr<std::atomic<int>> state;  // PutState, shared with the engine thread
   std::unique_ptr<asio::steady_timer> timer;  // the put's timeout; null when there is none
   const void* dst = nullptr;
   std::uint64_t nbytes = 0;
@@ -217,7 +251,14 @@ struct CudaCopyEngine::Pending {
 };
 
 CudaCopyEngine::CudaCopyEngine(std::shared_ptr<CudaApi> api, asio::io_context& io, Options options)
-    : api_(std::move(api)), io_(io), options_(options), engine_thread_(std::make_shared<JobThread>()) {}
+    : api_(std::move(api)),
+      io_(io),
+      options_(options),
+      engine_thread_(std::make_shared<JobThread>(
+          [this, alive = std::weak_ptr<int>(alive_)]() -> std::optional<std::chrono::microseconds> {
+            if (alive.expired()) return std::nullopt;
+            return poll_events();
+          })) {}
 
 Result<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::create(std::shared_ptr<CudaApi> api, asio::io_context& io,
                                                                Options options) {
@@ -301,6 +342,9 @@ CudaCopyEngine::~CudaCopyEngine() {
 bool CudaCopyEngine::shut_down() {
   // Let the copies in flight finish, for a bounded time: a stream waiting on
   // the event of a producer that died before its work ran may never drain.
+  // Puts still waiting for their producer's event were never queued on the GPU.
+  for (auto& [session, queue] : std::exchange(waiting_, {}))
+    for (auto& w : queue) abandon(w, ok_status());
   if (!copies_.empty()) log::notice("copy engine stopping: waiting for ", copies_.size(), " copy(ies) in flight");
   const auto give_up = std::chrono::steady_clock::now() + options_.shutdown_patience;
   std::size_t stuck = 0;
@@ -481,18 +525,23 @@ void CudaCopyEngine::submit(Request request, Done done) {
     });
   }
   std::string object = p->object;
+  auto state = std::make_shared<std::atomic<int>>(PutState::waiting);
+  p->state = state;
   pending_[id] = std::move(p);
   engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), id, r = std::move(request),
-                       object = std::move(object)]() mutable {
+                       object = std::move(object), state]() mutable {
     if (alive.expired()) return;
-    if (auto st = start(id, r, object); !st) {
+    if (auto st = start(id, r, object, state); !st) {
       log::warning(st.error().message);
-      post_complete(id, std::move(st));
+      int expected = PutState::waiting;
+      if (state->compare_exchange_strong(expected, PutState::cancelled)) post_complete(id, std::move(st));
     }
   });
 }
 
-Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object) {
+Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object,
+                             const std::shared_ptr<std::atomic<int>>& state) {
+  if (state->load() == PutState::cancelled) return ok_status();  // timed out before its turn: answered
   auto dev = device_for(r, object);
   if (!dev) return std::move(dev).error();
   const Region* region = region_for(r.dst, r.nbytes);
@@ -513,50 +562,108 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
     auto ev = open_event(s, r.event_handle, device, object);
     if (!ev) return std::move(ev).error();
     event = (*ev)->ptr;
-    if (auto st = watched("cudaStreamWaitEvent", object, [&] { return api_->wait_event(device, *stream, event, object); });
-        !st)
-      return st;
   }
-  // From here on the copy is queued (or about to be): the handles it uses stay
-  // open until finish() runs.
+  // From here on the put holds its handles until release().
   (*mem)->busy++;
   if (has_event) s.events.find(r.event_handle)->busy++;
   s.in_flight++;
   copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt, object};
   const auto* src = static_cast<const std::byte*>((*mem)->ptr) + r.alloc_offset;
-  auto pieces = split(*region, r.dst, src, r.nbytes);
-  const std::weak_ptr<JobThread> back = engine_thread_;
+  // Queued behind the producer's earlier puts; the tick that runs right after
+  // this job queries the event and issues the copy once it has completed.
+  waiting_[r.session].push_back(Issue{id, device, *stream, event, region->pinned, split(*region, r.dst, src, r.nbytes),
+                                      state, std::chrono::steady_clock::now(), object});
+  return ok_status();
+}
 
-  if (!region->pinned) {
+void CudaCopyEngine::issue(Issue& w) {
+  int expected = PutState::waiting;
+  if (!w.state->compare_exchange_strong(expected, PutState::issued)) {
+    abandon(w, ok_status());  // the io thread timed it out: answered already
+    return;
+  }
+  const std::weak_ptr<JobThread> back = engine_thread_;
+  const std::uint64_t id = w.id;
+  if (!w.pinned) {
     // Into pageable memory cudaMemcpyAsync returns only when the copy is
     // done: keep that wait off the engine thread too.
     if (!worker_) worker_ = std::make_shared<JobThread>();
-    worker_->run([this, back, alive = std::weak_ptr<int>(alive_), api = api_, device, st = *stream, pieces, id,
-                  object] {
+    worker_->run([this, back, alive = std::weak_ptr<int>(alive_), api = api_, device = w.device, st = w.stream,
+                  pieces = w.pieces, id, object = w.object] {
       Status status = ok_status();
       for (const auto& p : pieces)
         if (!(status = api->copy_to_host(device, st, p.dst, p.src, p.bytes, object))) break;
       post_finish(back, alive, this, id, std::move(status));
     });
-    return ok_status();
+    return;
   }
   Status issued = ok_status();
-  for (const auto& p : pieces)
-    if (!(issued = watched("cudaMemcpyAsync", object,
-                           [&] { return api_->copy_to_host(device, *stream, p.dst, p.src, p.bytes, object); })))
+  for (const auto& p : w.pieces)
+    if (!(issued = watched("cudaMemcpyAsync", w.object,
+                           [&] { return api_->copy_to_host(w.device, w.stream, p.dst, p.src, p.bytes, w.object); })))
       break;
   // Even when a piece could not be queued, the ones before it were: the
   // handles stay in use until the stream passes them.
-  auto queued = watched("cudaStreamAddCallback", object, [&] {
+  auto queued = watched("cudaStreamAddCallback", w.object, [&] {
     return api_->when_done(
-        device, *stream,
+        w.device, w.stream,
         [back, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
           post_finish(back, alive, engine, id, issued ? std::move(st) : issued);
         },
-        object);
+        w.object);
   });
   if (!queued) finish(id, issued ? std::move(queued) : issued);
-  return ok_status();
+}
+
+std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
+  using namespace std::chrono_literals;
+  if (waiting_.empty()) return std::nullopt;
+  const auto now = std::chrono::steady_clock::now();
+  std::optional<std::chrono::microseconds> next;
+  for (auto it = waiting_.begin(); it != waiting_.end();) {
+    auto& queue = it->second;
+    while (!queue.empty()) {
+      Issue& w = queue.front();
+      if (w.state->load() == PutState::cancelled) {
+        abandon(w, ok_status());
+        queue.pop_front();
+        continue;
+      }
+      if (w.event != nullptr) {
+        auto done = watched("cudaEventQuery", w.object, [&] { return api_->query_event(w.device, w.event, w.object); });
+        if (!done) {
+          int expected = PutState::waiting;
+          const bool ours = w.state->compare_exchange_strong(expected, PutState::cancelled);
+          abandon(w, ours ? Status(Error{done.error().code, w.object + ": waiting for the producer's event: " +
+                                                                done.error().message})
+                          : ok_status());
+          queue.pop_front();
+          continue;
+        }
+        if (!*done) {
+          // Fast while the producer's work is probably about to finish, then
+          // backing off: a kernel that runs for seconds costs few queries.
+          const auto age = now - w.since;
+          const std::chrono::microseconds delay = age < 2ms ? 10us : age < 50ms ? 100us : 1000us;
+          next = next ? std::min(*next, delay) : delay;
+          break;
+        }
+      }
+      Issue ready = std::move(w);
+      queue.pop_front();
+      issue(ready);
+    }
+    it = queue.empty() ? waiting_.erase(it) : std::next(it);
+  }
+  return next;
+}
+
+void CudaCopyEngine::abandon(Issue& w, Status status) {
+  release(w.id);
+  if (!status) {
+    log::warning(status.error().message);
+    post_complete(w.id, std::move(status));
+  }
 }
 
 Result<CudaCopyEngine::Device*> CudaCopyEngine::device_for(const Request& r, const std::string& object) {
@@ -664,10 +771,10 @@ void CudaCopyEngine::post_complete(std::uint64_t copy_id, Status status) {
   });
 }
 
-void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
-  // Engine thread: the stream passed the copy; give its handles back.
+bool CudaCopyEngine::release(std::uint64_t copy_id) {
+  // Engine thread: the put is done with its handles (copied, failed or dropped).
   auto node = copies_.extract(copy_id);
-  if (node.empty()) return;
+  if (node.empty()) return false;
   Copy& c = node.mapped();
   SessionState& s = sessions_.at(c.session);
   if (auto doomed = s.mems.release(c.mem_key)) close_mem(*doomed);
@@ -676,11 +783,19 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
   --s.in_flight;
   for (const auto& old : s.mems.trim(mem_capacity())) close_mem(old);
   for (const auto& old : s.events.trim(event_capacity())) close_event(old);
+  if (s.closed && s.in_flight == 0) drop_session(c.session);
+  return true;
+}
+
+void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
+  // Engine thread: the stream passed the copy.
+  auto it = copies_.find(copy_id);
+  if (it == copies_.end()) return;
   if (!status) {
-    status = Error{status.error().code, c.object + ": the device-to-host copy failed: " + status.error().message};
+    status = Error{status.error().code, it->second.object + ": the device-to-host copy failed: " + status.error().message};
     log::warning(status.error().message);
   }
-  if (s.closed && s.in_flight == 0) drop_session(c.session);
+  release(copy_id);
   post_complete(copy_id, std::move(status));
 }
 
@@ -701,6 +816,25 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
   auto node = pending_.extract(copy_id);
   if (node.empty()) return;
   Pending& p = *node.mapped();
+  int expected = PutState::waiting;
+  if (p.state->compare_exchange_strong(expected, PutState::cancelled)) {
+    // Nothing was queued on the GPU: the engine thread drops the put when it
+    // next looks at it, and the destination is freed as for any failed put.
+    const std::string ms = std::to_string(options_.copy_timeout.count());
+    const bool engine_stuck = [&] {
+      std::lock_guard lk(activity_.mu);
+      return activity_.call != nullptr;
+    }();
+    Error e{Errc::cuda_error,
+            engine_stuck ? p.object + ": the copy could not be started within " + ms + " ms: " + engine_activity() +
+                               "; nothing was copied"
+                         : p.object + ": the producer's GPU work before the put did not complete within " + ms +
+                               " ms (its event never completed: the producer may have died, or a kernel of it "
+                               "hangs); nothing was copied"};
+    log::warning(e.message);
+    p.done(std::move(e));
+    return;
+  }
   quarantined_.emplace_back(p.dst, p.nbytes);
   if (pool_ != nullptr) pool_->quarantine(static_cast<const std::byte*>(p.dst), p.nbytes);
   Error e{Errc::cuda_error, p.object + ": the device-to-host copy did not complete within " +
@@ -727,6 +861,22 @@ void CudaCopyEngine::session_closed(std::uint64_t session) {
     auto it = sessions_.find(session);
     if (it == sessions_.end()) return;
     it->second.closed = true;
+    // Puts still waiting for the producer's event are dropped: a producer
+    // that is gone never completes its work (ready ones are issued first).
+    poll_events();
+    if (auto w = waiting_.find(session); w != waiting_.end()) {
+      auto queue = std::move(w->second);
+      waiting_.erase(w);
+      for (auto& put : queue) {
+        int expected = PutState::waiting;
+        const bool ours = put.state->compare_exchange_strong(expected, PutState::cancelled);
+        abandon(put, ours ? Status(Error{Errc::cuda_error, put.object + ": the producer disconnected before its GPU "
+                                                                        "work completed; nothing was copied"})
+                          : ok_status());
+      }
+    }
+    it = sessions_.find(session);  // abandon() may have dropped it
+    if (it == sessions_.end()) return;
     if (it->second.in_flight == 0) drop_session(session);
     else log::info("session ", session, " left with ", it->second.in_flight,
                    " GPU copy(ies) in flight; its CUDA handles close when they finish");

@@ -19,9 +19,11 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstddef>
 #include <cstdint>
+#include <deque>
 #include <functional>
 #include <list>
 #include <map>
@@ -163,10 +165,27 @@ class CudaCopyEngine final : public CopyEngine {
     std::string object;
   };
   struct Pending;  // io thread: a put not answered yet
+  // Who owns a put: the engine thread moves it from waiting to issued before
+  // it queues the copy; the io thread's timeout moves it from waiting to
+  // cancelled. Exactly one wins, so a timed-out put is quarantined only when
+  // a DMA into its destination was really queued.
+  enum PutState : int { waiting = 0, issued = 1, cancelled = 2 };
+
   struct Piece {
     void* dst;
     const void* src;
     std::uint64_t bytes;
+  };
+  struct Issue {  // engine thread: a put ready to be queued once its producer's event completes
+    std::uint64_t id = 0;
+    int device = 0;
+    void* stream = nullptr;
+    void* event = nullptr;  // null: the producer sent no event
+    bool pinned = true;
+    std::vector<Piece> pieces;
+    std::shared_ptr<std::atomic<int>> state;
+    std::chrono::steady_clock::time_point since;  // when it started waiting
+    std::string object;
   };
 
   CudaCopyEngine(std::shared_ptr<CudaApi> api, boost::asio::io_context& io, Options options);
@@ -174,7 +193,19 @@ class CudaCopyEngine final : public CopyEngine {
   /// when given; false when it had not run by then (it still runs later, so
   /// it must own what it uses).
   bool on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience = std::nullopt);
-  Status start(std::uint64_t id, Request& r, const std::string& object);
+  Status start(std::uint64_t id, Request& r, const std::string& object,
+               const std::shared_ptr<std::atomic<int>>& state);
+  /// Queues the copy and its completion callback (or hands it to the helper
+  /// thread when the destination is not pinned), unless the io thread
+  /// cancelled the put first.
+  void issue(Issue& w);
+  /// Engine thread, from the JobThread's tick: queries the event at the head
+  /// of each producer's queue and issues the puts whose events completed, in
+  /// the order each producer submitted them. Returns when to poll again.
+  std::optional<std::chrono::microseconds> poll_events();
+  /// Releases a put that will never be copied (cancelled, failed, producer
+  /// gone); answers it with `status` unless `status` is ok (already answered).
+  void abandon(Issue& w, Status status);
   void add_region_now(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
   void remove_region_now(std::uint32_t id);
   bool shut_down();
@@ -186,6 +217,8 @@ class CudaCopyEngine final : public CopyEngine {
                                          const std::string& object);
   std::vector<Piece> split(const Region& region, void* dst, const void* src, std::uint64_t bytes) const;
   void finish(std::uint64_t copy_id, Status status);
+  /// Gives back the handles a put held and forgets it; false if unknown.
+  bool release(std::uint64_t copy_id);
   void complete(std::uint64_t copy_id, Status status);
   void time_out(std::uint64_t copy_id);
   void post_complete(std::uint64_t copy_id, Status status);
@@ -209,6 +242,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::map<std::uint32_t, Region> regions_;
   std::map<std::uint64_t, SessionState> sessions_;
   std::map<std::uint64_t, Copy> copies_;
+  std::map<std::uint64_t, std::deque<Issue>> waiting_;  // per session, in submission order
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread

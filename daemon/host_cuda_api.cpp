@@ -5,6 +5,7 @@
 #include "host_cuda_api.hpp"
 
 #include <cstring>
+#include <utility>
 
 namespace tensorshm::daemon {
 namespace {
@@ -76,6 +77,20 @@ void HostCudaApi::fail_next(const std::string& call, const std::string& error) {
   failures_[call] = error;
 }
 
+void HostCudaApi::stall_next_copy() {
+  std::lock_guard lk(mu_);
+  stall_next_ = true;
+  unstalled_ = false;
+}
+
+void HostCudaApi::unstall() {
+  {
+    std::lock_guard lk(mu_);
+    unstalled_ = true;
+  }
+  progress_.notify_all();
+}
+
 void HostCudaApi::fail_next_copy_when_run() {
   std::lock_guard lk(mu_);
   fail_copy_when_run_ = true;
@@ -105,9 +120,8 @@ std::size_t HostCudaApi::run_stream(Stream& s) {
   std::size_t n = 0;
   while (!s.ops.empty()) {
     Op& op = s.ops.front();
-    if (op.kind == Op::wait) {
-      if (!op.event->complete) break;
-    } else if (op.kind == Op::copy) {
+    if (op.stalled && !unstalled_) break;
+    if (op.kind == Op::copy) {
       if (fail_copy_when_run_) {
         fail_copy_when_run_ = false;
         s.error = simulated("cudaMemcpyAsync", "stream work", "cudaErrorIllegalAddress");
@@ -150,6 +164,11 @@ int HostCudaApi::mem_opens() const {
   std::lock_guard lk(mu_);
   return mem_opens_;
 }
+int HostCudaApi::event_queries() const {
+  std::lock_guard lk(mu_);
+  return event_queries_;
+}
+
 int HostCudaApi::event_handles_open() const {
   std::lock_guard lk(mu_);
   return static_cast<int>(opened_events_.size());
@@ -338,17 +357,14 @@ Status HostCudaApi::destroy_event(int, void* event) {
   return ok_status();
 }
 
-Status HostCudaApi::wait_event(int, void* stream, void* event, std::string_view object) {
+Result<bool> HostCudaApi::query_event(int, void* event, std::string_view object) {
+  maybe_block("cudaEventQuery");
   std::lock_guard lk(mu_);
-  TSHM_TRY(injected("cudaStreamWaitEvent", object));
-  Stream* s = stream_of(stream);
+  TSHM_TRY(injected("cudaEventQuery", object));
   auto* e = static_cast<OpenedEvent*>(event);
-  if (s == nullptr || opened_events_.count(e) == 0)
-    return simulated("cudaStreamWaitEvent", object, "cudaErrorInvalidResourceHandle");
-  Op op{Op::wait, e->state};
-  op.seq = next_seq_++;
-  s->ops.push_back(std::move(op));
-  return ok_status();
+  if (opened_events_.count(e) == 0) return simulated("cudaEventQuery", object, "cudaErrorInvalidResourceHandle");
+  ++event_queries_;
+  return e->state->complete;
 }
 
 Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, std::size_t bytes,
@@ -362,6 +378,7 @@ Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, 
   op.src = src;
   op.bytes = bytes;
   op.seq = next_seq_++;
+  op.stalled = std::exchange(stall_next_, false);
   const std::uint64_t seq = op.seq;
   s->ops.push_back(std::move(op));
   if (registered_locked(dst, bytes)) return ok_status();

@@ -56,14 +56,19 @@ class HostCudaApi final : public CudaApi {
   /// The next copy fails when its stream runs it (an asynchronous error): the
   /// completion callback after it receives the error.
   void fail_next_copy_when_run();
-  /// Runs queued stream work until nothing more can run (a wait on a held
-  /// event blocks its stream). Returns the number of operations run.
+  /// The next copy queued never finishes until unstall(): its stream stops
+  /// there, as behind a DMA that does not end.
+  void stall_next_copy();
+  void unstall();
+  /// Runs all queued stream work (up to a stalled copy). Returns the number
+  /// of operations run.
   std::size_t run();
 
   // ---- observations --------------------------------------------------------
   int mem_handles_open() const;
   int mem_opens() const;
   int event_handles_open() const;
+  int event_queries() const;
   int streams_live() const;
   int streams_created() const;
   std::size_t copies_run() const;
@@ -85,7 +90,7 @@ class HostCudaApi final : public CudaApi {
   Status close_mem_handle(int device, void* base) override;
   Result<void*> open_event_handle(int device, const IpcBytes& handle, std::string_view object) override;
   Status destroy_event(int device, void* event) override;
-  Status wait_event(int device, void* stream, void* event, std::string_view object) override;
+  Result<bool> query_event(int device, void* event, std::string_view object) override;
   Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,
                       std::string_view object) override;
   Status when_done(int device, void* stream, StreamDone done, std::string_view object) override;
@@ -98,8 +103,8 @@ class HostCudaApi final : public CudaApi {
     std::shared_ptr<EventState> state;
   };
   struct Op {
-    enum Kind { wait, copy, callback } kind;
-    std::shared_ptr<EventState> event;
+    enum Kind { copy, callback } kind;
+    bool stalled = false;
     void* dst = nullptr;
     const void* src = nullptr;
     std::size_t bytes = 0;
@@ -139,11 +144,14 @@ class HostCudaApi final : public CudaApi {
   std::map<const void*, std::size_t> registered_;
   std::map<std::string, std::string> failures_;
   bool fail_copy_when_run_ = false;
+  bool stall_next_ = false;
+  bool unstalled_ = false;
   std::string block_call_;      // block_next's call, until it comes
   bool parked_ = false;         // a call is blocked now
   bool released_ = false;       // unblock() was called
   std::condition_variable unblocked_;
   int mem_opens_ = 0;
+  int event_queries_ = 0;
   int streams_created_ = 0;
   std::size_t copies_run_ = 0;
   bool straddled_ = false;

@@ -185,6 +185,10 @@ TEST_CASE("the copy waits for the producer's event") {
   rig.settle();
   CHECK_FALSE(out->done());
   CHECK_FALSE(rig.landed(p, 0, 32 * kKiB));
+  // The wait is on the host (cudaEventQuery): nothing is queued on the GPU
+  // behind an event that may never complete.
+  CHECK(rig.api->queued() == 0);
+  CHECK(rig.api->event_queries() >= 1);
   rig.api->fire(p.event);
   rig.settle();
   CHECK(out->ok());
@@ -200,7 +204,7 @@ TEST_CASE("one producer's copies finish in the order it submitted them") {
   rig.engine->submit(rig.request(1, a, 0, 16 * kKiB), [&](Status s) { order.push_back(s ? 1 : -1); });
   rig.engine->submit(rig.request(1, b, 64 * kKiB, 16 * kKiB), [&](Status s) { order.push_back(s ? 2 : -2); });
   rig.settle();
-  CHECK(order.empty());  // the second waits behind the first on the connection's stream
+  CHECK(order.empty());  // the second waits behind the first in the connection's queue
   rig.api->fire(a.event);
   rig.settle();
   CHECK(order == std::vector<int>{1, 2});
@@ -406,15 +410,14 @@ TEST_CASE("forget_handle closes an idle handle at once and a busy one when its c
 TEST_CASE("a disconnect mid-copy keeps the handles open until the copy ends, then closes them") {
   Rig rig;
   auto p = rig.producer(64 * kKiB);
-  rig.api->hold(p.event);
   auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
-  rig.settle();
+  rig.engine->drain();  // the copy is queued on the stream, which has not run it yet
+  CHECK(rig.api->queued() == 2);  // the copy and its completion callback
   rig.engine->session_closed(1);
   rig.engine->drain();
   CHECK(rig.api->mem_handles_open() == 1);
   CHECK(rig.api->event_handles_open() == 1);
   CHECK(rig.engine->sessions() == 1);
-  rig.api->fire(p.event);
   rig.settle();
   CHECK(out->calls == 1);
   CHECK(out->ok());  // the extent is complete; the session decides what to do with it
@@ -427,6 +430,26 @@ TEST_CASE("a disconnect mid-copy keeps the handles open until the copy ends, the
   rig.submit(rig.request(2, p, 0, 64 * kKiB));
   rig.settle();
   CHECK(rig.api->streams_created() == 1);
+}
+
+TEST_CASE("a producer that disconnects while its put waits for its event: the put fails, nothing was queued") {
+  Rig rig;
+  auto p = rig.producer(64 * kKiB);
+  rig.api->hold(p.event);  // killed before its kernel ran: the event never completes
+  auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+  rig.settle();
+  CHECK_FALSE(out->done());
+  rig.engine->session_closed(1);
+  rig.settle();
+  REQUIRE(out->done());
+  CHECK(out->message().find("put 'cam/1': the producer disconnected before its GPU work completed; nothing was "
+                            "copied") != std::string::npos);
+  CHECK(rig.api->copies_run() == 0);
+  CHECK(rig.api->queued() == 0);
+  CHECK(rig.api->mem_handles_open() == 0);
+  CHECK(rig.api->event_handles_open() == 0);
+  CHECK(rig.engine->sessions() == 0);
+  CHECK(rig.engine->quarantined().empty());
 }
 
 TEST_CASE("a connection that closes with no copy in flight gives everything back at once") {
@@ -501,13 +524,29 @@ TEST_CASE("destroying the engine closes every handle, stream and pinning it made
   CHECK(api->registered().empty());
 }
 
-TEST_CASE("destroying the engine while a producer's event never fires gives up after a bounded wait") {
+TEST_CASE("destroying the engine while a producer's event never fires gives everything back") {
   CudaCopyEngine::Options o;
   o.shutdown_patience = std::chrono::milliseconds(50);
   auto rig = std::make_unique<Rig>(1, o);
   auto api = rig->api;
   auto p = rig->producer(4 * kKiB);
   api->hold(p.event);
+  auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
+  rig->settle();
+  rig->engine.reset();  // nothing was queued on the GPU for it: no stream to wait for
+  CHECK_FALSE(out->done());
+  CHECK(api->mem_handles_open() == 0);
+  CHECK(api->event_handles_open() == 0);
+  CHECK(api->registered().empty());
+}
+
+TEST_CASE("destroying the engine while a copy never completes gives up after a bounded wait") {
+  CudaCopyEngine::Options o;
+  o.shutdown_patience = std::chrono::milliseconds(50);
+  auto rig = std::make_unique<Rig>(1, o);
+  auto api = rig->api;
+  auto p = rig->producer(4 * kKiB);
+  api->stall_next_copy();
   auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
   rig->settle();
   rig->engine.reset();  // returns; the stuck copy's resources are left to process exit
@@ -543,7 +582,7 @@ TEST_CASE("a copy that never completes fails after the put's timeout, once, and 
   o.copy_timeout = 50ms;
   Rig rig(1, o);
   auto stuck = rig.producer(4 * kKiB, 0, 1);
-  rig.api->hold(stuck.event);  // the producer was killed before its work ran: the copy stays queued
+  rig.api->stall_next_copy();  // the DMA is queued and does not end
   auto out = rig.submit(rig.request(1, stuck, 0, 4 * kKiB));
   REQUIRE(rig.settle_until([&] { return out->done(); }));
   CHECK(out->status->error().code == Errc::cuda_error);
@@ -562,11 +601,46 @@ TEST_CASE("a copy that never completes fails after the put's timeout, once, and 
   CHECK(served->ok());
 
   // The stalled copy lands after all: the put is not answered a second time.
-  rig.api->fire(stuck.event);
+  rig.api->unstall();
   rig.settle();
   CHECK(out->calls == 1);
   CHECK(rig.landed(stuck, 0, 4 * kKiB));
   CHECK(rig.engine->in_flight() == 0);
+}
+
+TEST_CASE("a put whose producer's event never completes fails after the timeout; nothing copied, nothing quarantined") {
+  CudaCopyEngine::Options o;
+  o.copy_timeout = 50ms;
+  Rig rig(1, o);
+  auto dead = rig.producer(4 * kKiB, 0, 1);
+  rig.api->hold(dead.event);  // the producer died before its kernel ran
+  auto out = rig.submit(rig.request(1, dead, 0, 4 * kKiB));
+  REQUIRE(rig.settle_until([&] { return out->done(); }));
+  CHECK(out->status->error().code == Errc::cuda_error);
+  CHECK(out->message().find("put 'cam/1': the producer's GPU work before the put did not complete within 50 ms") !=
+        std::string::npos);
+  CHECK(out->message().find("nothing was copied") != std::string::npos);
+  CHECK(rig.engine->quarantined().empty());
+  rig.settle();
+  CHECK(rig.api->queued() == 0);
+  CHECK(rig.engine->in_flight() == 0);  // dropped on the engine thread, its handles given back
+
+  // Closing a handle now cannot wait behind a stream stuck on that event
+  // (CUDA's cudaIpcCloseMemHandle waits for the device): another producer's
+  // puts go on and its handles close.
+  auto other = rig.producer(4 * kKiB, 0, 2);
+  auto served = rig.submit(rig.request(2, other, 8 * kKiB, 4 * kKiB));
+  rig.settle();
+  CHECK(served->ok());
+  rig.engine->session_closed(2);
+  rig.engine->session_closed(1);
+  rig.settle();
+  CHECK(rig.api->mem_handles_open() == 0);
+  // A late fire changes nothing.
+  rig.api->fire(dead.event);
+  rig.settle();
+  CHECK(out->calls == 1);
+  CHECK(rig.api->copies_run() == 1);
 }
 
 TEST_CASE("with the engine thread stuck in a CUDA call, the io thread keeps running and the put times out") {
@@ -584,8 +658,11 @@ TEST_CASE("with the engine thread stuck in a CUDA call, the io thread keeps runn
   boost::asio::post(rig.io, [&] { other_work_ran = true; });
   REQUIRE(rig.poll_io_until([&] { return out->done() && next->done(); }));
   CHECK(other_work_ran);
-  CHECK(out->message().find("did not complete within 50 ms") != std::string::npos);
-  CHECK(next->message().find("did not complete within 50 ms") != std::string::npos);
+  CHECK(out->message().find("put 'cam/1': the copy could not be started within 50 ms: the engine thread has been in "
+                            "cudaIpcOpenMemHandle (put 'cam/1') for ") != std::string::npos);
+  CHECK(out->message().find("nothing was copied") != std::string::npos);
+  CHECK(next->message().find("could not be started within 50 ms") != std::string::npos);
+  CHECK(rig.engine->quarantined().empty());  // nothing was queued on the GPU
   CHECK(rig.api->blocked());
   // Which call is stuck, for the log line of the timeout.
   const std::string activity = rig.engine->engine_activity();

@@ -140,16 +140,18 @@ timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee 
 set +x
 # "size=N ... ratio=R" lines -> "4K 52%, 16K 60%, ..."
 ratio_list() {
-  awk -v min="${2:-0}" '$1 == "'"$1"'" {
+  awk -v min="${2:-0}" -v key="${3:-ratio}" '$1 == "'"$1"'" {
       for (i = 2; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
       if (v["size"] + 0 < min + 0) next
       n = v["size"]; u = "B"
       if (n >= 1073741824) { n /= 1073741824; u = "G" } else if (n >= 1048576) { n /= 1048576; u = "M" } else if (n >= 1024) { n /= 1024; u = "K" }
-      printf "%s%d%s %.0f%%", sep, n, u, v["ratio"] * 100; sep = ", "
+      if (!(key in v)) next
+      printf "%s%d%s %.0f%%", sep, n, u, v[key] * 100; sep = ", "
     }'
 }
 ratios=$(ratio_list d2h < "$WORK/bench_cpp.txt")
 note "D2H pool/raw (C++)" "${ratios:-no result} (goal >= 90% at >= 64 MiB)"
+note "D2H pool/pinned shm" "$(ratio_list d2h 0 ratio_vs_shm < "$WORK/bench_cpp.txt") (same memory kind as the pool)"
 
 # ---- Python extension --------------------------------------------------------------------
 section "build: waiting for the Python extension"
