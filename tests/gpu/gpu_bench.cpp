@@ -4,6 +4,11 @@
 //   shm:  cudaMemcpyAsync into shared memory pinned with cudaHostRegister (the
 //         kind of memory the pool is) + cudaStreamSynchronize: separates what
 //         the memory costs from what the protocol costs
+//   cold: the same, but into a different quarter of a 4x larger pinned shm
+//         region each time, as the pool's extents move from put to put (the
+//         GPU's translations for the destination are not warm), with 4 KiB
+//         pages (cold4k) and with transparent huge pages (cold2m, anonymous
+//         memory with MADV_HUGEPAGE; how much became huge is printed)
 //   pool: put_cuda (event record, request, the daemon's wait + copy into the
 //         pinned pool, seal, reply)
 // measured in the same process on the same stream and source buffer. Prints
@@ -20,6 +25,8 @@
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <utility>
 #include <stdexcept>
 #include <string>
 #include <vector>
@@ -43,6 +50,37 @@ double median(std::vector<double> v) {
 
 double seconds_since(Clock::time_point t0) { return std::chrono::duration<double>(Clock::now() - t0).count(); }
 
+/// `bytes` of pinned host memory: a memfd mapping (4 KiB pages, like the
+/// pool's segments) or anonymous memory advised to use huge pages.
+void* pinned_region(std::size_t bytes, bool huge) {
+  void* p = MAP_FAILED;
+  if (huge) {
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap anonymous");
+    if (madvise(p, bytes, MADV_HUGEPAGE) != 0) std::perror("madvise(MADV_HUGEPAGE)");
+    std::memset(p, 0, bytes);
+  } else {
+    const int fd = memfd_create("tshm-bench-shm", 0);
+    if (fd < 0 || ftruncate(fd, static_cast<off_t>(bytes)) != 0) throw std::runtime_error("memfd_create/ftruncate");
+    p = mmap(nullptr, bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
+    close(fd);
+    if (p == MAP_FAILED) throw std::runtime_error("mmap of the memfd");
+  }
+  cuda_ok(cudaHostRegister(p, bytes, cudaHostRegisterPortable), "cudaHostRegister");
+  return p;
+}
+
+long anon_huge_kb() {
+  std::FILE* f = std::fopen("/proc/self/smaps_rollup", "r");
+  if (f == nullptr) return -1;
+  char line[256];
+  long kb = -1;
+  while (std::fgets(line, sizeof line, f) != nullptr)
+    if (std::sscanf(line, "AnonHugePages: %ld kB", &kb) == 1) break;
+  std::fclose(f);
+  return kb;
+}
+
 }  // namespace
 
 int main(int argc, char** argv) try {
@@ -55,12 +93,11 @@ int main(int argc, char** argv) try {
   cuda_ok(cudaMalloc(&src, max_bytes), "cudaMalloc");
   cuda_ok(cudaMemset(src, 0x5a, max_bytes), "cudaMemset");
   cuda_ok(cudaHostAlloc(&host, max_bytes, cudaHostAllocDefault), "cudaHostAlloc");
-  const int fd = memfd_create("tshm-bench-shm", 0);
-  if (fd < 0 || ftruncate(fd, static_cast<off_t>(max_bytes)) != 0) throw std::runtime_error("memfd_create/ftruncate");
-  void* shm = mmap(nullptr, max_bytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  if (shm == MAP_FAILED) throw std::runtime_error("mmap of the memfd");
-  close(fd);
-  cuda_ok(cudaHostRegister(shm, max_bytes, cudaHostRegisterPortable), "cudaHostRegister");
+  void* shm = pinned_region(max_bytes, false);
+  auto* cold4k = static_cast<std::byte*>(pinned_region(4 * max_bytes, false));
+  auto* cold2m = static_cast<std::byte*>(pinned_region(4 * max_bytes, true));
+  std::printf("cold2m: %ld MiB of %zu MiB anonymous memory in huge pages\n", anon_huge_kb() / 1024,
+              4 * max_bytes >> 20);
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   cudaDeviceProp prop{};
   cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -69,7 +106,7 @@ int main(int argc, char** argv) try {
 
   for (std::size_t n = 4096; n <= max_bytes; n *= 4) {
     const int reps = static_cast<int>(std::clamp<std::size_t>((std::size_t{2} << 30) / n, 5, 200));
-    std::vector<double> raw, reg, pool;
+    std::vector<double> raw, reg, c4k, c2m, pool;
     const std::int64_t shape[] = {static_cast<std::int64_t>(n)};
     // Warm up both paths (first-touch costs, opening the IPC handle once).
     cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "warm-up copy");
@@ -84,19 +121,32 @@ int main(int argc, char** argv) try {
       cuda_ok(cudaMemcpyAsync(shm, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into shm");
       cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
       reg.push_back(seconds_since(t0));
+      const std::size_t slot = static_cast<std::size_t>(r % 4) * max_bytes;
+      t0 = Clock::now();
+      cuda_ok(cudaMemcpyAsync(cold4k + slot, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into cold4k");
+      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      c4k.push_back(seconds_since(t0));
+      t0 = Clock::now();
+      cuda_ok(cudaMemcpyAsync(cold2m + slot, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into cold2m");
+      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      c2m.push_back(seconds_since(t0));
       t0 = Clock::now();
       put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s);
       pool.push_back(seconds_since(t0));
     }
-    const double r = median(raw), g = median(reg), p = median(pool);
-    std::printf("d2h size=%zu reps=%d raw_us=%.1f shm_us=%.1f pool_us=%.1f raw_GBps=%.2f shm_GBps=%.2f "
-                "pool_GBps=%.2f ratio=%.3f ratio_vs_shm=%.3f\n",
-                n, reps, r * 1e6, g * 1e6, p * 1e6, n / r / 1e9, n / g / 1e9, n / p / 1e9, r / p, g / p);
+    const double r = median(raw), g = median(reg), k = median(c4k), h = median(c2m), p = median(pool);
+    std::printf("d2h size=%zu reps=%d raw_us=%.1f shm_us=%.1f cold4k_us=%.1f cold2m_us=%.1f pool_us=%.1f "
+                "raw_GBps=%.2f pool_GBps=%.2f ratio=%.3f ratio_vs_shm=%.3f ratio_vs_cold4k=%.3f cold4k_vs_raw=%.3f "
+                "cold2m_vs_raw=%.3f\n",
+                n, reps, r * 1e6, g * 1e6, k * 1e6, h * 1e6, p * 1e6, n / r / 1e9, n / p / 1e9, r / p, g / p, k / p,
+                r / k, r / h);
     std::fflush(stdout);
   }
   client.remove("bench/d2h");
-  cudaHostUnregister(shm);
-  munmap(shm, max_bytes);
+  for (auto [q, len] : {std::pair<void*, std::size_t>{shm, max_bytes}, {cold4k, 4 * max_bytes}, {cold2m, 4 * max_bytes}}) {
+    cudaHostUnregister(q);
+    munmap(q, len);
+  }
   cudaFreeHost(host);
   cudaFree(src);
   return 0;

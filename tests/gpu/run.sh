@@ -46,6 +46,7 @@ uname -a
 nproc; free -g | head -2
 df -h /dev/shm
 ulimit -l
+cat /sys/kernel/mm/transparent_hugepage/enabled /sys/kernel/mm/transparent_hugepage/shmem_enabled
 $PY -c 'import sys, torch, numpy; print(sys.version.split()[0], "torch", torch.__version__, "cuda", torch.version.cuda, "available", torch.cuda.is_available(), "numpy", numpy.__version__)'
 $PY -c 'import cupy; print("cupy", cupy.__version__)'
 command -v nvcc || ls /usr/local/cuda/bin/nvcc
@@ -151,7 +152,10 @@ ratio_list() {
 }
 ratios=$(ratio_list d2h < "$WORK/bench_cpp.txt")
 note "D2H pool/raw (C++)" "${ratios:-no result} (goal >= 90% at >= 64 MiB)"
-note "D2H pool/pinned shm" "$(ratio_list d2h 0 ratio_vs_shm < "$WORK/bench_cpp.txt") (same memory kind as the pool)"
+note "D2H pool/pinned shm" "$(ratio_list d2h $((16 << 20)) ratio_vs_shm < "$WORK/bench_cpp.txt") (same memory kind as the pool)"
+note "D2H cold 4K-page dst" "$(ratio_list d2h $((16 << 20)) cold4k_vs_raw < "$WORK/bench_cpp.txt") of raw (destination moves each copy)"
+note "D2H cold 2M-page dst" "$(ratio_list d2h $((16 << 20)) cold2m_vs_raw < "$WORK/bench_cpp.txt") of raw ($(grep -o '^cold2m: .*' "$WORK/bench_cpp.txt" | cut -c9-))"
+note "D2H pool/cold 4K dst" "$(ratio_list d2h $((16 << 20)) ratio_vs_cold4k < "$WORK/bench_cpp.txt")"
 
 # ---- Python extension --------------------------------------------------------------------
 section "build: waiting for the Python extension"
