@@ -244,6 +244,7 @@ std::string format_uuid(const DeviceUuid& u) {
 struct CudaCopyEngine::Pending {
   Done done;
   std::shared_ptr<std::atomic<int>> state;  // PutState, shared with the engine thread
+  std::chrono::steady_clock::time_point submitted = std::chrono::steady_clock::now();
   std::unique_ptr<asio::steady_timer> timer;  // the put's timeout; null when there is none
   const void* dst = nullptr;
   std::uint64_t nbytes = 0;
@@ -567,12 +568,14 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
   (*mem)->busy++;
   if (has_event) s.events.find(r.event_handle)->busy++;
   s.in_flight++;
-  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt, object};
+  const auto now = std::chrono::steady_clock::now();
+  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt, object,
+                     r.nbytes, now, {}};
   const auto* src = static_cast<const std::byte*>((*mem)->ptr) + r.alloc_offset;
   // Queued behind the producer's earlier puts; the tick that runs right after
   // this job queries the event and issues the copy once it has completed.
   waiting_[r.session].push_back(Issue{id, device, *stream, event, region->pinned, split(*region, r.dst, src, r.nbytes),
-                                      state, std::chrono::steady_clock::now(), object});
+                                      state, now, object});
   return ok_status();
 }
 
@@ -584,6 +587,7 @@ void CudaCopyEngine::issue(Issue& w) {
   }
   const std::weak_ptr<JobThread> back = engine_thread_;
   const std::uint64_t id = w.id;
+  if (auto c = copies_.find(id); c != copies_.end()) c->second.issued = std::chrono::steady_clock::now();
   if (!w.pinned) {
     // Into pageable memory cudaMemcpyAsync returns only when the copy is
     // done: keep that wait off the engine thread too.
@@ -794,6 +798,12 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
   if (!status) {
     status = Error{status.error().code, it->second.object + ": the device-to-host copy failed: " + status.error().message};
     log::warning(status.error().message);
+  } else if (log::enabled(LogLevel::debug)) {
+    const Copy& c = it->second;
+    const double copy_us = std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - c.issued).count();
+    log::debug("gpu copy: ", c.object, " bytes=", c.bytes, " event_wait_us=",
+               std::chrono::duration<double, std::micro>(c.issued - c.started).count(), " copy_us=", copy_us,
+               " GBps=", copy_us > 0 ? static_cast<double>(c.bytes) / copy_us / 1e3 : 0.0);
   }
   release(copy_id);
   post_complete(copy_id, std::move(status));
@@ -807,6 +817,10 @@ void CudaCopyEngine::complete(std::uint64_t copy_id, Status status) {
                 "); its destination stays quarantined");
     return;
   }
+  if (status && log::enabled(LogLevel::debug))
+    log::debug("gpu put answered: ", node.mapped()->object, " bytes=", node.mapped()->nbytes, " submit_to_answer_us=",
+               std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - node.mapped()->submitted)
+                   .count());
   node.mapped()->done(std::move(status));
 }
 

@@ -163,6 +163,8 @@ class CudaCopyEngine final : public CopyEngine {
     IpcBytes mem_key{};
     std::optional<IpcBytes> event_key;
     std::string object;
+    std::uint64_t bytes = 0;
+    std::chrono::steady_clock::time_point started{}, issued{};  // for the debug log's timings
   };
   struct Pending;  // io thread: a put not answered yet
   // Who owns a put: the engine thread moves it from waiting to issued before

@@ -29,6 +29,11 @@ cd "$(dirname "$0")/../.."
 ROOT=$PWD
 KIT=$ROOT/.gpu-kit
 OUT=${OUT:-/tmp/tshm-gpu-out}
+# TSHM_GPU_ONLY=bench: the machine, the daemon (logging each GPU copy's
+# timings at debug level) and the C++ benchmark only, about a minute.
+ONLY=${TSHM_GPU_ONLY:-}
+DAEMON_LOG_LEVEL=info
+[[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
 mkdir -p "$OUT"
 exec > >(tee -a "$OUT/run.log") 2>&1
 PY=${PYTHON:-python3}
@@ -69,6 +74,7 @@ fi
 if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 export CUDACXX=${CUDACXX:-$(command -v nvcc)}
 
+if [[ $ONLY != bench ]]; then
 # ---- build (background) -----------------------------------------------------------
 section "build (background): Python extension and libtorch adapter check"
 PYDIR=$WORK/site
@@ -88,6 +94,7 @@ PIP_PID=$!
   timeout 400 ninja -C "$WORK/torch-check" -j "$JOBS" tshm_torch_gpu_check
 ) > "$OUT/torch-check-build.log" 2>&1 &
 TORCH_PID=$!
+fi
 
 # ---- daemon -------------------------------------------------------------------------
 section daemon
@@ -108,8 +115,8 @@ BENCH_MAX=1G
 echo "/dev/shm has $((shm_free >> 20)) MiB free: pool ${POOL_G}G, largest benchmark size $BENCH_MAX"
 set -x
 "$KIT/bin/tensorshmd" --socket "$TENSORSHM_SOCKET" --instance "$INSTANCE" --pool-size "${POOL_G}G" \
-  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" --log-level info \
-  --cuda-copy-timeout-ms 10000 > "$OUT/daemon.log" 2>&1 &
+  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" \
+  --cuda-copy-timeout-ms 10000 --log-level "$DAEMON_LOG_LEVEL" > "$OUT/daemon.log" 2>&1 &
 DAEMON_PID=$!
 set +x
 ready=0
@@ -156,6 +163,23 @@ note "D2H pool/pinned shm" "$(ratio_list d2h $((16 << 20)) ratio_vs_shm < "$WORK
 note "D2H cold 4K-page dst" "$(ratio_list d2h $((16 << 20)) cold4k_vs_raw < "$WORK/bench_cpp.txt") of raw (destination moves each copy)"
 note "D2H cold 2M-page dst" "$(ratio_list d2h $((16 << 20)) cold2m_vs_raw < "$WORK/bench_cpp.txt") of raw ($(grep -o '^cold2m: .*' "$WORK/bench_cpp.txt" | cut -c9-))"
 note "D2H pool/cold 4K dst" "$(ratio_list d2h $((16 << 20)) ratio_vs_cold4k < "$WORK/bench_cpp.txt")"
+
+if [[ $ONLY == bench ]]; then
+  # Where a put's time goes, from the daemon's debug lines: the copy on the
+  # GPU (issue to completion callback) and submit-to-answer, medians per size.
+  copy_split=$(awk '/gpu copy: put .bench\/d2h/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                      n = v["bytes"]; c[n] = c[n] " " v["copy_us"] }
+                    /gpu put answered: put .bench\/d2h/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
+                      n = v["bytes"]; a[n] = a[n] " " v["submit_to_answer_us"] }
+                    function med(s,   k, x, i, j, t) { k = split(s, x, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }; return x[int((k + 1) / 2)] }
+                    END { for (n in c) if (n + 0 >= 1048576) printf "%dM copy %.0f us, answer %.0f us; ", n / 1048576, med(c[n]), med(a[n]) }' "$OUT/daemon.log")
+  note "daemon-side timings" "${copy_split:-none logged}"
+  section stop
+  kill -TERM $DAEMON_PID; wait $DAEMON_PID
+  note "daemon stop" "exit $?"
+  printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
+  exit 0
+fi
 
 # ---- Python extension --------------------------------------------------------------------
 section "build: waiting for the Python extension"
