@@ -173,13 +173,15 @@ Status Connection::ensure_connected_locked() {
   return connect_locked();
 }
 
-Status Connection::send_frame_locked(const std::vector<std::byte>& frame) {
+Status Connection::send_frame_locked(const std::vector<std::byte>& frame, std::size_t* sent) {
   std::size_t off = 0;
   while (off < frame.size()) {
     auto r = io::send_with_fds(fd_, std::span(frame).subspan(off), {});
+    if (sent != nullptr) *sent = off;
     if (!r) return std::move(r).error();
     off += r->sent;
   }
+  if (sent != nullptr) *sent = off;
   return ok_status();
 }
 
@@ -214,9 +216,27 @@ Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request
 
 Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
   TSHM_TRY(ensure_connected_locked());
-  const std::uint32_t id = next_request_++;
+  std::uint32_t id = next_request_++;
   protocol::encode_into(wbuf_, fbb_, body, id);
-  if (auto s = send_frame_locked(wbuf_); !s) return lost(s.error());
+  std::size_t sent = 0;
+  auto s = send_frame_locked(wbuf_, &sent);
+  // Requests that name something of this connection (an open create, a
+  // lease, a segment id) mean nothing to another daemon.
+  const bool stateless = body.type != wire::Body::Seal && body.type != wire::Body::Abort &&
+                         body.type != wire::Body::Release && body.type != wire::Body::MapSegment;
+  if (!s && sent == 0 && stateless && (s.error().sys_errno == EPIPE || s.error().sys_errno == ECONNRESET)) {
+    // The daemon closed this connection while it was idle (it stopped or was
+    // restarted). It never saw this request, so connecting again and sending
+    // it there is safe: done once, the call does not fail for a connection
+    // that was already gone before it started.
+    disconnect_locked();
+    broken_ = true;
+    TSHM_TRY(connect_locked());
+    id = next_request_++;
+    protocol::encode_into(wbuf_, fbb_, body, id);
+    s = send_frame_locked(wbuf_);
+  }
+  if (!s) return lost(s.error());
   auto reply = recv_frame_locked(id, fds);
   // Transport failures end the connection; the daemon's error replies do not.
   if (!reply) return lost(reply.error());

@@ -76,7 +76,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Status connect_locked();
   void disconnect_locked() noexcept;
   Status ensure_connected_locked();
-  Status send_frame_locked(const std::vector<std::byte>& frame);
+  /// Sends the whole frame; `sent` (if given) says how much went out.
+  Status send_frame_locked(const std::vector<std::byte>& frame, std::size_t* sent = nullptr);
   /// Receives the reply to `request_id` into rbuf_ and verifies it; the view
   /// points into rbuf_ (or scratch_).
   Result<const wire::Message*> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);

@@ -33,7 +33,7 @@ Error posix_error(std::string_view call, std::string_view object, int err) {
   msg.reserve(call.size() + object.size() + 64);
   msg.append(call).append("(").append(object).append("): ");
   msg.append(std::strerror(err)).append(" (errno ").append(std::to_string(err)).append(")");
-  return Error{Errc::system_error, std::move(msg)};
+  return Error{Errc::system_error, std::move(msg), err};
 }
 
 }  // namespace tensorshm

@@ -40,6 +40,7 @@ std::string_view errc_name(Errc code) noexcept;
 struct Error {
   Errc code = Errc::internal;
   std::string message;  // says what failed, on which object, and what to do
+  int sys_errno = 0;    // the errno of the failed system call, when that is what failed
 };
 
 /// Builds an Error for a failed POSIX call: "<call>(<object>): <strerror> (errno N)".
