@@ -6,11 +6,14 @@
 
 #include <sys/types.h>
 
+#include <chrono>
 #include <cstdint>
+#include <cstdlib>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
+#include <string_view>
 
 #include "tensorshm/client.hpp"
 #include "tensorshm/protocol.hpp"
@@ -67,12 +70,21 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Sends Abort likewise.
   void abort(std::uint64_t object_id, std::uint64_t epoch) noexcept;
 
+  /// The reply to the next request is expected about `in` after it is sent
+  /// (a GPU put's copy time): the wait for it sleeps until shortly before
+  /// then and polls the socket from there (Client::Options::spin_wait).
+  /// One-shot. Caller holds lock().
+  void expect_reply_in(std::chrono::microseconds in) noexcept { reply_in_ = in; }
+
   /// Changes whenever a new connection replaces the old one.
   std::uint64_t epoch() const noexcept { return epoch_; }
   const DaemonInfo& info() const noexcept { return info_; }
 
  private:
-  explicit Connection(Client::Options options) : options_(std::move(options)) {}
+  explicit Connection(Client::Options options) : options_(std::move(options)) {
+    const char* env = std::getenv("TENSORSHM_SPIN_WAIT");
+    spin_wait_ = options_.spin_wait.value_or(env == nullptr || std::string_view(env) != "0");
+  }
   Status connect_locked();
   void disconnect_locked() noexcept;
   Status ensure_connected_locked();
@@ -83,6 +95,9 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Result<const wire::Message*> recv_frame_locked(std::uint32_t request_id, std::vector<int>* fds);
 
   Error lost(const Error& why);
+  /// Waits, sleeping then polling, until the reply may have arrived by
+  /// `expected`; returns early when the socket is readable.
+  void await_reply_locked(std::chrono::steady_clock::time_point expected) noexcept;
 
   Client::Options options_;
   std::mutex mu_;
@@ -92,6 +107,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool broken_ = false;
   std::uint64_t epoch_ = 0;
   std::uint32_t next_request_ = 1;
+  std::chrono::microseconds reply_in_{0};
+  bool spin_wait_ = true;  // expect_reply_in, for the next request only
   DaemonInfo info_;
   std::vector<std::byte> rbuf_;
   std::vector<std::byte> wbuf_;

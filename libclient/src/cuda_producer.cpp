@@ -12,6 +12,8 @@
 #include <cudaTypedefs.h>
 #include <cuda_runtime_api.h>
 
+#include <algorithm>
+#include <chrono>
 #include <condition_variable>
 #include <cstring>
 #include <exception>
@@ -293,8 +295,40 @@ struct SlotLease {
 
 // ---- one put ---------------------------------------------------------------------
 
+/// How long a put of n bytes takes from request to reply, learned from this
+/// process's puts: a fixed part (from puts under 1 MiB) and the copy's
+/// bandwidth, as moving averages. It tells the connection when to stop
+/// sleeping and start polling for the reply (Connection::expect_reply_in).
+class ReplyTime {
+ public:
+  std::chrono::microseconds expect(std::uint64_t bytes) const {
+    std::lock_guard lk(mu_);
+    return std::chrono::microseconds(static_cast<std::int64_t>(fixed_us_ + static_cast<double>(bytes) / bytes_per_us_));
+  }
+  void observed(std::uint64_t bytes, double us) {
+    std::lock_guard lk(mu_);
+    if (bytes < (1u << 20)) {
+      fixed_us_ = 0.8 * fixed_us_ + 0.2 * us;
+      return;
+    }
+    const double copy_us = std::max(1.0, us - fixed_us_);
+    bytes_per_us_ = 0.7 * bytes_per_us_ + 0.3 * (static_cast<double>(bytes) / copy_us);
+  }
+
+ private:
+  mutable std::mutex mu_;
+  double fixed_us_ = 60;
+  double bytes_per_us_ = 20000;  // 20 GB/s until measured
+};
+
+ReplyTime& reply_time() {
+  static auto* t = new ReplyTime;  // never destroyed: puts may run on helper threads at exit
+  return *t;
+}
+
 struct Prepared {
   wire::CudaPutT message;
+  std::uint64_t nbytes = 0;
   std::optional<IpcBytes> stale;  // a handle of a freed allocation to close first
   SlotLease slot;
   cudaEvent_t event = nullptr;    // recorded after the data; null for empty tensors
@@ -356,6 +390,7 @@ Prepared prepare(std::string_view name, const void* device_ptr, DType dtype, std
   m.mem_handle.assign(64, 0);
   m.event_handle.assign(64, 0);
   m.device = -1;
+  p.nbytes = nbytes;
   if (nbytes == 0) return p;  // nothing to copy: no device memory is touched
   if (device_ptr == nullptr) raise(Error{Errc::invalid_argument, object + ": the device pointer is null"});
 
@@ -393,7 +428,13 @@ ObjectInfo send_once(detail::Connection& conn, Prepared& p) {
     (void)conn.call_locked(std::move(forget));  // best effort: the daemon's cache is bounded anyway
     p.stale.reset();
   }
+  const bool timed = p.nbytes > 0 && p.event != nullptr;
+  if (timed) conn.expect_reply_in(reply_time().expect(p.nbytes));
+  const auto t0 = std::chrono::steady_clock::now();
   auto reply = unwrap(conn.call_locked(wire::CudaPutT(p.message)));
+  if (timed)
+    reply_time().observed(p.nbytes,
+                          std::chrono::duration<double, std::micro>(std::chrono::steady_clock::now() - t0).count());
   return detail::to_info(*reply->body.AsCudaPutReply()->object);
 }
 

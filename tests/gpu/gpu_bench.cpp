@@ -9,9 +9,14 @@
 //         GPU's translations for the destination are not warm), with 4 KiB
 //         pages (cold4k) and with transparent huge pages (cold2m, anonymous
 //         memory with MADV_HUGEPAGE; how much became huge is printed)
+//   raw_block: raw, but waiting in cudaEventSynchronize on a
+//         cudaEventBlockingSync event (the thread sleeps, as one waiting for
+//         a reply on a socket does) instead of cudaStreamSynchronize's spin
 //   pool: put_cuda (event record, request, the daemon's wait + copy into the
 //         pinned pool, seal, reply)
-// measured in the same process on the same stream and source buffer. Prints
+// and pool_nospin, put_cuda with Client::Options::spin_wait off (the reply
+// awaited asleep in recv), measured in the same process on the same stream
+// and source buffer. Prints
 // one line per size ("d2h size=... raw_GBps=... pool_GBps=... ratio=...") and
 // needs a running tensorshmd ($TENSORSHM_SOCKET) with room for two copies of
 // the largest size in one pool segment.
@@ -86,6 +91,10 @@ long anon_huge_kb() {
 int main(int argc, char** argv) try {
   const std::size_t max_bytes = argc > 1 ? std::strtoull(argv[1], nullptr, 0) : (1ull << 30);
   auto client = Client::connect();
+  Client::Options sleepy_options;
+  sleepy_options.spin_wait = false;
+  auto sleepy = Client::connect(sleepy_options);
+  cudaEvent_t blocking = nullptr;
   cudaStream_t s;
   cuda_ok(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreateWithFlags");
   void* src = nullptr;
@@ -98,6 +107,7 @@ int main(int argc, char** argv) try {
   auto* cold2m = static_cast<std::byte*>(pinned_region(4 * max_bytes, true));
   std::printf("cold2m: %ld MiB of %zu MiB anonymous memory in huge pages\n", anon_huge_kb() / 1024,
               4 * max_bytes >> 20);
+  cuda_ok(cudaEventCreateWithFlags(&blocking, cudaEventBlockingSync | cudaEventDisableTiming), "cudaEventCreate");
   cuda_ok(cudaDeviceSynchronize(), "cudaDeviceSynchronize");
   cudaDeviceProp prop{};
   cuda_ok(cudaGetDeviceProperties(&prop, 0), "cudaGetDeviceProperties");
@@ -106,12 +116,13 @@ int main(int argc, char** argv) try {
 
   for (std::size_t n = 4096; n <= max_bytes; n *= 4) {
     const int reps = static_cast<int>(std::clamp<std::size_t>((std::size_t{2} << 30) / n, 5, 200));
-    std::vector<double> raw, reg, c4k, c2m, pool;
+    std::vector<double> raw, reg, c4k, c2m, blk, pool, nospin;
     const std::int64_t shape[] = {static_cast<std::int64_t>(n)};
     // Warm up both paths (first-touch costs, opening the IPC handle once).
     cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "warm-up copy");
     cuda_ok(cudaStreamSynchronize(s), "sync");
     put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s);
+    put_cuda(sleepy, "bench/d2h-nospin", src, dtypes::kUInt8, shape, {}, s);
     for (int r = 0; r < reps; ++r) {
       auto t0 = Clock::now();
       cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
@@ -131,18 +142,29 @@ int main(int argc, char** argv) try {
       cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
       c2m.push_back(seconds_since(t0));
       t0 = Clock::now();
+      cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+      cuda_ok(cudaEventRecord(blocking, s), "cudaEventRecord");
+      cuda_ok(cudaEventSynchronize(blocking), "cudaEventSynchronize");
+      blk.push_back(seconds_since(t0));
+      t0 = Clock::now();
+      put_cuda(sleepy, "bench/d2h-nospin", src, dtypes::kUInt8, shape, {}, s);
+      nospin.push_back(seconds_since(t0));
+      t0 = Clock::now();
       put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s);
       pool.push_back(seconds_since(t0));
     }
     const double r = median(raw), g = median(reg), k = median(c4k), h = median(c2m), p = median(pool);
+    const double b = median(blk), q = median(nospin);
     std::printf("d2h size=%zu reps=%d raw_us=%.1f shm_us=%.1f cold4k_us=%.1f cold2m_us=%.1f pool_us=%.1f "
                 "raw_GBps=%.2f pool_GBps=%.2f ratio=%.3f ratio_vs_shm=%.3f ratio_vs_cold4k=%.3f cold4k_vs_raw=%.3f "
-                "cold2m_vs_raw=%.3f\n",
+                "cold2m_vs_raw=%.3f raw_block_us=%.1f pool_nospin_us=%.1f raw_block_vs_raw=%.3f ratio_nospin=%.3f\n",
                 n, reps, r * 1e6, g * 1e6, k * 1e6, h * 1e6, p * 1e6, n / r / 1e9, n / p / 1e9, r / p, g / p, k / p,
-                r / k, r / h);
+                r / k, r / h, b * 1e6, q * 1e6, r / b, r / q);
     std::fflush(stdout);
   }
   client.remove("bench/d2h");
+  sleepy.remove("bench/d2h-nospin");
+  cudaEventDestroy(blocking);
   for (auto [q, len] : {std::pair<void*, std::size_t>{shm, max_bytes}, {cold4k, 4 * max_bytes}, {cold2m, 4 * max_bytes}}) {
     cudaHostUnregister(q);
     munmap(q, len);

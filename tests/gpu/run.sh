@@ -162,7 +162,8 @@ note "D2H pool/raw (C++)" "${ratios:-no result} (goal >= 90% at >= 64 MiB)"
 note "D2H pool/pinned shm" "$(ratio_list d2h $((16 << 20)) ratio_vs_shm < "$WORK/bench_cpp.txt") (same memory kind as the pool)"
 note "D2H cold 4K-page dst" "$(ratio_list d2h $((16 << 20)) cold4k_vs_raw < "$WORK/bench_cpp.txt") of raw (destination moves each copy)"
 note "D2H cold 2M-page dst" "$(ratio_list d2h $((16 << 20)) cold2m_vs_raw < "$WORK/bench_cpp.txt") of raw ($(grep -o '^cold2m: .*' "$WORK/bench_cpp.txt" | cut -c9-))"
-note "D2H pool/cold 4K dst" "$(ratio_list d2h $((16 << 20)) ratio_vs_cold4k < "$WORK/bench_cpp.txt")"
+note "D2H pool/raw, no spin" "$(ratio_list d2h 0 ratio_nospin < "$WORK/bench_cpp.txt") (reply awaited asleep in recv)"
+note "D2H raw asleep/raw" "$(ratio_list d2h 0 raw_block_vs_raw < "$WORK/bench_cpp.txt") (cudaEventBlockingSync wait vs spin)"
 
 if [[ $ONLY == bench ]]; then
   # Where a put's time goes, from the daemon's debug lines: the copy on the

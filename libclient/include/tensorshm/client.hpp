@@ -26,6 +26,7 @@
 #include <cstdint>
 #include <initializer_list>
 #include <memory>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -198,6 +199,13 @@ class Client {
     std::string socket_path;
     /// Shown in the daemon's log.
     std::string client_name;
+    /// GPU puts: sleep for most of the copy's expected time, then poll the
+    /// socket for the reply instead of sleeping in recv, which on servers
+    /// with deep CPU idle states costs up to a few hundred microseconds of
+    /// wake-up per put (docs/gpu.md). Costs CPU time for the last part of
+    /// each wait (at most a quarter of it, 2 ms, plus 0.3 ms). Unset: on,
+    /// unless the environment has TENSORSHM_SPIN_WAIT=0.
+    std::optional<bool> spin_wait;
   };
 
   /// Connects and says hello. Throws Exception(daemon_unreachable) naming the
