@@ -3,9 +3,12 @@
 // into "wait for the producer's event, copy device-to-host into the extent,
 // tell the io thread". Opened IPC memory and event handles are cached per
 // producer connection, keyed by the handle bytes, in a bounded LRU; a handle
-// is never closed while a copy uses it. Each producer connection gets its own
-// stream per device (recycled when it leaves), so a producer whose event never
-// fires (it died before its work ran) stalls only itself.
+// is never closed while a copy uses it. The producer's event is waited for on
+// the host (cudaEventQuery, polled from the engine thread's tick), so nothing
+// is queued on the GPU behind an event that may never complete (a producer
+// killed before its work ran); each producer connection has its own queue and
+// stream per device (recycled when it leaves), so a late event holds up only
+// that producer.
 //
 // Every CudaApi call runs on one engine thread, never on the io_context
 // thread: a CUDA call that blocks behind a wedged copy (a producer killed
@@ -14,8 +17,9 @@
 // state (handle caches, streams, regions, copies in flight) is touched only
 // on the engine thread; CUDA's callbacks enqueue there too. Each put's
 // answer, and its timeout (Options::copy_timeout), live on the io thread,
-// which calls `done` exactly once; a timed-out put's destination is
-// quarantined in the pool, since its DMA may still land.
+// which calls `done` exactly once; a put that times out after its copy was
+// queued has its destination quarantined in the pool, since its DMA may
+// still land (one timed out before that is simply dropped: PutState).
 #pragma once
 
 #include <algorithm>

@@ -1,8 +1,9 @@
 // GPU producers: hand device memory to tensorshmd without synchronizing the
 // device. The client exports the allocation with cudaIpcGetMemHandle (cached
 // per allocation base), records an interprocess event on `stream` after the
-// producer's pending work, and sends both; the daemon waits on the event on
-// its own stream and copies device-to-host straight into pinned shared memory.
+// producer's pending work, and sends both; the daemon waits for the event
+// (polling it, never blocking the producer) and then copies device-to-host on
+// its own stream straight into pinned shared memory.
 //
 // This header needs no CUDA headers: streams travel as void* (cudaStream_t).
 // In a libtensorshm built without CUDA every call throws Exception(no_gpu).
