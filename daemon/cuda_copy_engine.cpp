@@ -306,7 +306,9 @@ bool CudaCopyEngine::on_engine(std::function<void()> job, std::optional<std::chr
 }
 
 void CudaCopyEngine::drain() {
-  on_engine([] {});
+  // Polls too: events that completed since the last tick are acted on before
+  // this returns (the tick after a job runs outside it).
+  on_engine([this] { poll_events(); });
 }
 
 CudaCopyEngine::~CudaCopyEngine() {

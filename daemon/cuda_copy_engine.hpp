@@ -124,7 +124,8 @@ class CudaCopyEngine final : public CopyEngine {
   std::size_t cached_handles(std::uint64_t session);
   std::size_t cached_events(std::uint64_t session);
   bool region_pinned(std::uint32_t id);
-  /// Returns once everything enqueued before the call has run on the engine thread.
+  /// Returns once everything enqueued before the call has run on the engine
+  /// thread, and producers' events that completed by then have been polled.
   void drain();
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }

@@ -608,7 +608,7 @@ TEST_CASE("a copy that never completes fails after the put's timeout, once, and 
   CHECK(rig.engine->in_flight() == 0);
 }
 
-TEST_CASE("a put whose producer's event never completes fails after the timeout; nothing copied, nothing quarantined") {
+TEST_CASE("a put whose producer's event never completes fails after the timeout with nothing copied or quarantined") {
   CudaCopyEngine::Options o;
   o.copy_timeout = 50ms;
   Rig rig(1, o);
