@@ -218,7 +218,7 @@ auto CudaCopyEngine::watched(const char* call, std::string_view object, Fn&& fn)
   {
     std::lock_guard lk(activity_.mu);
     activity_.call = call;
-    activity_.object.assign(object);
+    activity_.object = object;
     activity_.since = std::chrono::steady_clock::now();
   }
   auto result = fn();
@@ -227,11 +227,21 @@ auto CudaCopyEngine::watched(const char* call, std::string_view object, Fn&& fn)
   return result;
 }
 
-std::string CudaCopyEngine::engine_activity() const {
+std::optional<std::string> CudaCopyEngine::stuck_call() const {
   std::lock_guard lk(activity_.mu);
-  if (activity_.call == nullptr) return "the engine thread is not in a CUDA call";
-  return std::string("the engine thread has been in ") + activity_.call + " (" + activity_.object + ") for " +
-         std::to_string(static_cast<long long>(ms_since(activity_.since))) + " ms";
+  if (activity_.call == nullptr) return std::nullopt;
+  std::string out = std::string("the engine thread has been in ") + activity_.call + " (";
+  out.append(activity_.object);
+  return out + ") for " + std::to_string(static_cast<long long>(ms_since(activity_.since))) + " ms";
+}
+
+std::string CudaCopyEngine::engine_activity() const {
+  return stuck_call().value_or("the engine thread is not in a CUDA call");
+}
+
+bool CudaCopyEngine::claim(std::atomic<int>& state, PutState to) {
+  int expected = PutState::waiting;
+  return state.compare_exchange_strong(expected, to);
 }
 
 std::string format_uuid(const DeviceUuid& u) {
@@ -536,8 +546,7 @@ void CudaCopyEngine::submit(Request request, Done done) {
     if (alive.expired()) return;
     if (auto st = start(id, r, object, state); !st) {
       log::warning(st.error().message);
-      int expected = PutState::waiting;
-      if (state->compare_exchange_strong(expected, PutState::cancelled)) post_complete(id, std::move(st));
+      if (claim(*state, PutState::cancelled)) post_complete(id, std::move(st));
     }
   });
 }
@@ -582,14 +591,14 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
 }
 
 void CudaCopyEngine::issue(Issue& w) {
-  int expected = PutState::waiting;
-  if (!w.state->compare_exchange_strong(expected, PutState::issued)) {
+  if (!claim(*w.state, PutState::issued)) {
     abandon(w, ok_status());  // the io thread timed it out: answered already
     return;
   }
   const std::weak_ptr<JobThread> back = engine_thread_;
   const std::uint64_t id = w.id;
-  if (auto c = copies_.find(id); c != copies_.end()) c->second.issued = std::chrono::steady_clock::now();
+  if (log::enabled(LogLevel::debug))
+    if (auto c = copies_.find(id); c != copies_.end()) c->second.issued = std::chrono::steady_clock::now();
   if (!w.pinned) {
     // Into pageable memory cudaMemcpyAsync returns only when the copy is
     // done: keep that wait off the engine thread too.
@@ -638,11 +647,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
       if (w.event != nullptr) {
         auto done = watched("cudaEventQuery", w.object, [&] { return api_->query_event(w.device, w.event, w.object); });
         if (!done) {
-          int expected = PutState::waiting;
-          const bool ours = w.state->compare_exchange_strong(expected, PutState::cancelled);
-          abandon(w, ours ? Status(Error{done.error().code, w.object + ": waiting for the producer's event: " +
-                                                                done.error().message})
-                          : ok_status());
+          drop(w, Error{done.error().code, w.object + ": waiting for the producer's event: " + done.error().message});
           queue.pop_front();
           continue;
         }
@@ -670,6 +675,10 @@ void CudaCopyEngine::abandon(Issue& w, Status status) {
     log::warning(status.error().message);
     post_complete(w.id, std::move(status));
   }
+}
+
+void CudaCopyEngine::drop(Issue& w, Error why) {
+  abandon(w, claim(*w.state, PutState::cancelled) ? Status(std::move(why)) : ok_status());
 }
 
 Result<CudaCopyEngine::Device*> CudaCopyEngine::device_for(const Request& r, const std::string& object) {
@@ -777,10 +786,10 @@ void CudaCopyEngine::post_complete(std::uint64_t copy_id, Status status) {
   });
 }
 
-bool CudaCopyEngine::release(std::uint64_t copy_id) {
+void CudaCopyEngine::release(std::uint64_t copy_id) {
   // Engine thread: the put is done with its handles (copied, failed or dropped).
   auto node = copies_.extract(copy_id);
-  if (node.empty()) return false;
+  if (node.empty()) return;
   Copy& c = node.mapped();
   SessionState& s = sessions_.at(c.session);
   if (auto doomed = s.mems.release(c.mem_key)) close_mem(*doomed);
@@ -790,7 +799,6 @@ bool CudaCopyEngine::release(std::uint64_t copy_id) {
   for (const auto& old : s.mems.trim(mem_capacity())) close_mem(old);
   for (const auto& old : s.events.trim(event_capacity())) close_event(old);
   if (s.closed && s.in_flight == 0) drop_session(c.session);
-  return true;
 }
 
 void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
@@ -832,33 +840,27 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
   auto node = pending_.extract(copy_id);
   if (node.empty()) return;
   Pending& p = *node.mapped();
-  int expected = PutState::waiting;
-  if (p.state->compare_exchange_strong(expected, PutState::cancelled)) {
+  const std::string ms = std::to_string(options_.copy_timeout.count());
+  const std::optional<std::string> stuck = stuck_call();
+  if (claim(*p.state, PutState::cancelled)) {
     // Nothing was queued on the GPU: the engine thread drops the put when it
     // next looks at it, and the destination is freed as for any failed put.
-    const std::string ms = std::to_string(options_.copy_timeout.count());
-    const bool engine_stuck = [&] {
-      std::lock_guard lk(activity_.mu);
-      return activity_.call != nullptr;
-    }();
     Error e{Errc::cuda_error,
-            engine_stuck ? p.object + ": the copy could not be started within " + ms + " ms: " + engine_activity() +
-                               "; nothing was copied"
-                         : p.object + ": the producer's GPU work before the put did not complete within " + ms +
-                               " ms (its event never completed: the producer may have died, or a kernel of it "
-                               "hangs); nothing was copied"};
+            stuck ? p.object + ": the copy could not be started within " + ms + " ms: " + *stuck +
+                        "; nothing was copied"
+                  : p.object + ": the producer's GPU work before the put did not complete within " + ms +
+                        " ms (its event never completed: the producer may have died, or a kernel of it "
+                        "hangs); nothing was copied"};
     log::warning(e.message);
     p.done(std::move(e));
     return;
   }
   quarantined_.emplace_back(p.dst, p.nbytes);
   if (pool_ != nullptr) pool_->quarantine(static_cast<const std::byte*>(p.dst), p.nbytes);
-  Error e{Errc::cuda_error, p.object + ": the device-to-host copy did not complete within " +
-                                std::to_string(options_.copy_timeout.count()) +
+  Error e{Errc::cuda_error, p.object + ": the device-to-host copy did not complete within " + ms +
                                 " ms; the producer may have died mid-copy (its destination is quarantined until "
                                 "tensorshmd restarts)"};
-  log::warning(p.object, " timed out; ", engine_activity());
-  log::warning(e.message);
+  log::warning(e.message, " (", stuck.value_or("the engine thread is not in a CUDA call"), ")");
   p.done(std::move(e));
 }
 
@@ -883,13 +885,9 @@ void CudaCopyEngine::session_closed(std::uint64_t session) {
     if (auto w = waiting_.find(session); w != waiting_.end()) {
       auto queue = std::move(w->second);
       waiting_.erase(w);
-      for (auto& put : queue) {
-        int expected = PutState::waiting;
-        const bool ours = put.state->compare_exchange_strong(expected, PutState::cancelled);
-        abandon(put, ours ? Status(Error{Errc::cuda_error, put.object + ": the producer disconnected before its GPU "
-                                                                        "work completed; nothing was copied"})
-                          : ok_status());
-      }
+      for (auto& put : queue)
+        drop(put, Error{Errc::cuda_error,
+                        put.object + ": the producer disconnected before its GPU work completed; nothing was copied"});
     }
     it = sessions_.find(session);  // abandon() may have dropped it
     if (it == sessions_.end()) return;

@@ -139,7 +139,9 @@ class CudaCopyEngine final : public CopyEngine {
   struct Activity {  // the CUDA call the engine thread is in, if any
     mutable std::mutex mu;
     const char* call = nullptr;
-    std::string object;
+    // The call's argument, alive while the call runs; read only while `call`
+    // is set, under `mu`, so no copy of it is made for every call.
+    std::string_view object;
     std::chrono::steady_clock::time_point since{};
   };
   struct Device {
@@ -213,6 +215,13 @@ class CudaCopyEngine final : public CopyEngine {
   /// Releases a put that will never be copied (cancelled, failed, producer
   /// gone); answers it with `status` unless `status` is ok (already answered).
   void abandon(Issue& w, Status status);
+  /// Cancels a waiting put with `why`, unless the io thread's timeout got to
+  /// it first (then it was answered already), and releases it.
+  void drop(Issue& w, Error why);
+  /// Moves a put from waiting to `to`; false when the other thread moved it first.
+  static bool claim(std::atomic<int>& state, PutState to);
+  /// engine_activity() when the engine thread is in a CUDA call, else nullopt.
+  std::optional<std::string> stuck_call() const;
   void add_region_now(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
   void remove_region_now(std::uint32_t id);
   bool shut_down();
@@ -224,8 +233,8 @@ class CudaCopyEngine final : public CopyEngine {
                                          const std::string& object);
   std::vector<Piece> split(const Region& region, void* dst, const void* src, std::uint64_t bytes) const;
   void finish(std::uint64_t copy_id, Status status);
-  /// Gives back the handles a put held and forgets it; false if unknown.
-  bool release(std::uint64_t copy_id);
+  /// Gives back the handles a put held and forgets it (nothing if unknown).
+  void release(std::uint64_t copy_id);
   void complete(std::uint64_t copy_id, Status status);
   void time_out(std::uint64_t copy_id);
   void post_complete(std::uint64_t copy_id, Status status);

@@ -11,9 +11,9 @@
 
 #include <atomic>
 #include <cerrno>
+#include <cstring>
 #include <mutex>
 #include <utility>
-#include <cstring>
 
 #include "tensorshm/io.hpp"
 #include "tensorshm/paths.hpp"
@@ -218,27 +218,25 @@ Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request
 
 Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
   TSHM_TRY(ensure_connected_locked());
-  std::uint32_t id = next_request_++;
-  protocol::encode_into(wbuf_, fbb_, body, id);
-  std::size_t sent = 0;
-  auto s = send_frame_locked(wbuf_, &sent);
-  // Requests that name something of this connection (an open create, a
-  // lease, a segment id) mean nothing to another daemon.
-  const bool stateless = body.type != wire::Body::Seal && body.type != wire::Body::Abort &&
-                         body.type != wire::Body::Release && body.type != wire::Body::MapSegment;
-  if (!s && sent == 0 && stateless && (s.error().sys_errno == EPIPE || s.error().sys_errno == ECONNRESET)) {
+  std::uint32_t id = 0;
+  for (bool retried = false;; retried = true) {
+    id = next_request_++;
+    protocol::encode_into(wbuf_, fbb_, body, id);
+    std::size_t sent = 0;
+    auto s = send_frame_locked(wbuf_, &sent);
+    if (s) break;
     // The daemon closed this connection while it was idle (it stopped or was
-    // restarted). It never saw this request, so connecting again and sending
-    // it there is safe: done once, the call does not fail for a connection
-    // that was already gone before it started.
+    // restarted) and never saw this request: it goes, once, to a new
+    // connection, unless it names something of the old one (an open create,
+    // a lease, a segment id), which means nothing to another daemon.
+    const bool peer_gone = s.error().sys_errno == EPIPE || s.error().sys_errno == ECONNRESET;
+    const bool stateless = body.type != wire::Body::Seal && body.type != wire::Body::Abort &&
+                           body.type != wire::Body::Release && body.type != wire::Body::MapSegment;
+    if (retried || sent != 0 || !peer_gone || !stateless) return lost(s.error());
     disconnect_locked();
     broken_ = true;
     TSHM_TRY(connect_locked());
-    id = next_request_++;
-    protocol::encode_into(wbuf_, fbb_, body, id);
-    s = send_frame_locked(wbuf_);
   }
-  if (!s) return lost(s.error());
   if (const auto in = std::exchange(reply_in_, std::chrono::microseconds{0}); in.count() > 0 && spin_wait_)
     await_reply_locked(std::chrono::steady_clock::now() + in);
   auto reply = recv_frame_locked(id, fds);

@@ -107,8 +107,8 @@ class Connection : public std::enable_shared_from_this<Connection> {
   bool broken_ = false;
   std::uint64_t epoch_ = 0;
   std::uint32_t next_request_ = 1;
-  std::chrono::microseconds reply_in_{0};
-  bool spin_wait_ = true;  // expect_reply_in, for the next request only
+  std::chrono::microseconds reply_in_{0};  // expect_reply_in, for the next request only
+  bool spin_wait_ = true;                  // Client::Options::spin_wait, resolved against the environment
   DaemonInfo info_;
   std::vector<std::byte> rbuf_;
   std::vector<std::byte> wbuf_;

@@ -195,6 +195,30 @@ TEST_CASE("the copy waits for the producer's event") {
   CHECK(rig.landed(p, 0, 32 * kKiB));
 }
 
+TEST_CASE("an event that cannot be queried fails that put only, with nothing copied and its handles given back") {
+  Rig rig;
+  auto bad = rig.producer(16 * kKiB, 0, 1), good = rig.producer(16 * kKiB, 0, 2);
+  rig.api->hold(bad.event);
+  rig.api->fail_next("cudaEventQuery", "cudaErrorLaunchFailure");
+  auto out = rig.submit(rig.request(1, bad, 0, 16 * kKiB));
+  auto other = rig.submit(rig.request(2, good, 64 * kKiB, 16 * kKiB));
+  rig.settle();
+  REQUIRE(out->done());
+  CHECK(out->status->error().code == Errc::cuda_error);
+  CHECK(out->message().find("put 'cam/1': waiting for the producer's event: cudaEventQuery") != std::string::npos);
+  CHECK(out->message().find("cudaErrorLaunchFailure") != std::string::npos);
+  CHECK_FALSE(rig.landed(bad, 0, 16 * kKiB));
+  CHECK(rig.engine->in_flight() == 0);
+  CHECK(other->ok());
+  CHECK(rig.landed(good, 64 * kKiB, 16 * kKiB));
+  rig.engine->session_closed(1);
+  rig.engine->session_closed(2);
+  rig.settle();
+  CHECK(rig.api->mem_handles_open() == 0);
+  CHECK(rig.api->event_handles_open() == 0);
+  CHECK(rig.engine->quarantined().empty());
+}
+
 TEST_CASE("one producer's copies finish in the order it submitted them") {
   Rig rig;
   auto a = rig.producer(16 * kKiB, 0, 1);
@@ -524,35 +548,40 @@ TEST_CASE("destroying the engine closes every handle, stream and pinning it made
   CHECK(api->registered().empty());
 }
 
+/// An engine destroyed while its one put cannot finish, the fault made by
+/// `fault` before the put is submitted; the api outlives it for the checks.
+struct DestroyedWithAPutStuck {
+  std::shared_ptr<HostCudaApi> api;
+  std::shared_ptr<Outcome> out;
+  template <class Fault>
+  explicit DestroyedWithAPutStuck(Fault fault) {
+    CudaCopyEngine::Options o;
+    o.shutdown_patience = std::chrono::milliseconds(50);
+    auto rig = std::make_unique<Rig>(1, o);
+    api = rig->api;
+    auto p = rig->producer(4 * kKiB);
+    fault(*api, p);
+    out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
+    rig->settle();
+    rig->engine.reset();
+  }
+};
+
 TEST_CASE("destroying the engine while a producer's event never fires gives everything back") {
-  CudaCopyEngine::Options o;
-  o.shutdown_patience = std::chrono::milliseconds(50);
-  auto rig = std::make_unique<Rig>(1, o);
-  auto api = rig->api;
-  auto p = rig->producer(4 * kKiB);
-  api->hold(p.event);
-  auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
-  rig->settle();
-  rig->engine.reset();  // nothing was queued on the GPU for it: no stream to wait for
-  CHECK_FALSE(out->done());
-  CHECK(api->mem_handles_open() == 0);
-  CHECK(api->event_handles_open() == 0);
-  CHECK(api->registered().empty());
+  // Nothing was queued on the GPU for the put: no stream to wait for.
+  DestroyedWithAPutStuck d([](HostCudaApi& api, Producer& p) { api.hold(p.event); });
+  CHECK_FALSE(d.out->done());
+  CHECK(d.api->mem_handles_open() == 0);
+  CHECK(d.api->event_handles_open() == 0);
+  CHECK(d.api->registered().empty());
 }
 
 TEST_CASE("destroying the engine while a copy never completes gives up after a bounded wait") {
-  CudaCopyEngine::Options o;
-  o.shutdown_patience = std::chrono::milliseconds(50);
-  auto rig = std::make_unique<Rig>(1, o);
-  auto api = rig->api;
-  auto p = rig->producer(4 * kKiB);
-  api->stall_next_copy();
-  auto out = rig->submit(rig->request(1, p, 0, 4 * kKiB));
-  rig->settle();
-  rig->engine.reset();  // returns; the stuck copy's resources are left to process exit
-  CHECK_FALSE(out->done());
-  CHECK(api->mem_handles_open() == 1);
-  CHECK(api->registered().size() == 1);
+  // Returns; the stuck copy's resources are left to process exit.
+  DestroyedWithAPutStuck d([](HostCudaApi& api, Producer&) { api.stall_next_copy(); });
+  CHECK_FALSE(d.out->done());
+  CHECK(d.api->mem_handles_open() == 1);
+  CHECK(d.api->registered().size() == 1);
 }
 
 TEST_CASE("attached to a pool, the engine pins its segments and follows dedicated ones") {

@@ -23,11 +23,13 @@ def test_a_daemon_killed_and_restarted_sweeps_stale_segments_and_clients_carry_o
         holder.ok(f"hold big/{cycle}")
         writer = peers(d)
         writer.ok("create half 1000000 1")  # a half-made object when the daemon dies
+        idle = peers(d)
+        idle.ok("stats")  # connected, then quiet until after the restart
         waiter = peers(d)
         waiter.send("get never 0 60000")
         assert waiter.read_line() == "waiting"
         # The waiter's request is in the daemon once it has a connection more than the others.
-        wait_until(lambda: d.stats()["clients"] == 4, "the waiter to connect")
+        wait_until(lambda: d.stats()["clients"] == 5, "the waiter to connect")
         before = shm_files(d.instance)
 
         d.kill9()
@@ -62,14 +64,18 @@ def test_a_daemon_killed_and_restarted_sweeps_stale_segments_and_clients_carry_o
         assert waiter.ok(f"put after/{cycle} 1000 {cycle}")["version"]
         assert holder.cmd(f"get keep/{cycle}")["code"] == "not_found"
         holder.ok(f"put keep/{cycle} 1000000 {cycle}")
-        # The writer was idle when the daemon died: its first call finds the
-        # old connection closed before anything was sent and goes to the new
-        # daemon at once; no call of an idle client fails.
-        first = writer.cmd("stats")
+        # An idle client's first call finds the old connection closed before
+        # anything was sent and goes to the new daemon at once: it does not fail.
+        first = idle.cmd("stats")
         idle_failures += first["status"] != "ok"
         assert first["status"] == "ok", first
+        # The writer's seal names a create of the dead daemon: it is not sent
+        # to the new one, and fails saying the connection was lost.
+        sealed = writer.cmd("seal")
+        assert sealed["code"] == "daemon_unreachable" and "lost" in sealed["line"], sealed
         writer.ok("stats")
-        for p in (holder, writer, waiter):
+        assert writer.cmd("get half")["code"] == "not_found"
+        for p in (holder, writer, idle, waiter):
             assert p.close() == 0
         d.quiet()
         d.delete_all()

@@ -211,32 +211,48 @@ KILLED_PRODUCER = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("mode", ["waiting", "copying"])
-def test_a_producer_killed_mid_copy_leaves_the_daemon_serving(client, daemon_socket, mode):
-    proc = subprocess.Popen([sys.executable, "-c", KILLED_PRODUCER, daemon_socket, mode],
-                            stdout=subprocess.PIPE, text=True, env=os.environ.copy())
+def kill_while_putting(script: str, *args: str, after: float) -> None:
+    """Starts a producer, waits for it to say "putting", SIGKILLs it `after` seconds later."""
+    proc = subprocess.Popen([sys.executable, "-c", script, *args], stdout=subprocess.PIPE, text=True,
+                            env=os.environ.copy())
     line = proc.stdout.readline().strip()
     assert line == "putting", f"producer said {line!r}"
-    time.sleep(0.5 if mode == "waiting" else 0.02)
+    time.sleep(after)
     proc.send_signal(signal.SIGKILL)
     proc.wait(30)
 
-    # The daemon goes on: it answers, and another producer's put is right.
+
+def assert_still_serving(client, k: int) -> float:
+    """The daemon answers and another producer's GPU put is right; returns how long that took, in ms."""
+    t0 = time.monotonic()
     assert client.ping() > 0
-    y = make("float32", (1 << 20,)) * 2
+    y = make("float32", (1 << 20,)) + k
     client.put("gpu/after-kill", y)
     assert_same(client.get("gpu/after-kill"), y)
+    return (time.monotonic() - t0) * 1000
 
-    # The killed put is either complete and right, or not there: never partial.
-    deadline = time.monotonic() + 30
+
+def open_creates_after(client, seconds: float = 30) -> int:
+    """Open creates once none is left, or after `seconds`."""
+    deadline = time.monotonic() + seconds
     while client.stats().open_creates and time.monotonic() < deadline:
         time.sleep(0.2)
-    open_creates = client.stats().open_creates
-    print(f"\n[{mode}] open creates 30 s after the kill: {open_creates}")
+    return client.stats().open_creates
+
+
+@pytest.mark.parametrize("mode", ["waiting", "copying"])
+def test_a_producer_killed_mid_copy_leaves_the_daemon_serving(client, daemon_socket, mode):
+    import tensorshm
+
+    kill_while_putting(KILLED_PRODUCER, daemon_socket, mode, after=0.5 if mode == "waiting" else 0.02)
+    assert_still_serving(client, 0)
+
+    # The killed put is either complete and right, or not there: never partial.
+    print(f"\n[{mode}] open creates 30 s after the kill: {open_creates_after(client)}")
     try:
         got = client.get("gpu/killed")
-    except Exception as e:  # noqa: BLE001 - NotFound expected when the put did not finish
-        print(f"[{mode}] gpu/killed is absent: {type(e).__name__}")
+    except tensorshm.NotFound:  # the put did not finish
+        print(f"[{mode}] gpu/killed is absent")
     else:
         assert got.size == 64 << 20
         assert np.all(got == got[0]) and got[0] in (5.0, 6.0), "a partial copy became visible"
@@ -276,18 +292,8 @@ def test_producers_killed_at_random_points_of_their_puts_lose_nothing(client, da
     recover_ms = []
     for k in range(kills):
         name = f"gpu/random-kill/{k}"
-        proc = subprocess.Popen([sys.executable, "-c", LOOPING_PRODUCER, daemon_socket, name],
-                                stdout=subprocess.PIPE, text=True, env=os.environ.copy())
-        assert proc.stdout.readline().strip() == "putting"
-        time.sleep(rng.uniform(0.05, 0.6))
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(30)
-        t0 = time.monotonic()
-        assert client.ping() > 0
-        y = make("float32", (1 << 20,)) + k
-        client.put("gpu/after-random-kill", y)
-        assert_same(client.get("gpu/after-random-kill"), y)
-        recover_ms.append((time.monotonic() - t0) * 1000)
+        kill_while_putting(LOOPING_PRODUCER, daemon_socket, name, after=rng.uniform(0.05, 0.6))
+        recover_ms.append(assert_still_serving(client, k))
         slow_recoveries += recover_ms[-1] > 1000
         try:
             got = client.get(name)
@@ -297,10 +303,7 @@ def test_producers_killed_at_random_points_of_their_puts_lose_nothing(client, da
             assert got.size == 16 << 20
             assert np.all(got == got[0]), f"kill {k}: a partial copy became visible"
             whole += 1
-    deadline = time.monotonic() + 30
-    while client.stats().open_creates and time.monotonic() < deadline:
-        time.sleep(0.2)
-    open_creates = client.stats().open_creates
+    open_creates = open_creates_after(client)
     print(f"\nFIGURES random-kill: kills={kills} whole={whole} absent={absent} partial=0 "
           f"open_creates_after={open_creates} daemon_answered={kills}/{kills} "
           f"next_gpu_put_ms_max={max(recover_ms):.0f} slow_recoveries={slow_recoveries}")
