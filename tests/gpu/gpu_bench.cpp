@@ -123,35 +123,31 @@ int main(int argc, char** argv) try {
     cuda_ok(cudaStreamSynchronize(s), "sync");
     put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s);
     put_cuda(sleepy, "bench/d2h-nospin", src, dtypes::kUInt8, shape, {}, s);
+    // Times one way of moving the n bytes and records it.
+    auto timed = [](std::vector<double>& into, auto&& work) {
+      const auto t0 = Clock::now();
+      work();
+      into.push_back(seconds_since(t0));
+    };
+    auto copy_into = [&](void* dst) {
+      return [&, dst] {
+        cuda_ok(cudaMemcpyAsync(dst, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+        cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
+      };
+    };
     for (int r = 0; r < reps; ++r) {
-      auto t0 = Clock::now();
-      cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      raw.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      cuda_ok(cudaMemcpyAsync(shm, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into shm");
-      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      reg.push_back(seconds_since(t0));
       const std::size_t slot = static_cast<std::size_t>(r % 4) * max_bytes;
-      t0 = Clock::now();
-      cuda_ok(cudaMemcpyAsync(cold4k + slot, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into cold4k");
-      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      c4k.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      cuda_ok(cudaMemcpyAsync(cold2m + slot, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync into cold2m");
-      cuda_ok(cudaStreamSynchronize(s), "cudaStreamSynchronize");
-      c2m.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
-      cuda_ok(cudaEventRecord(blocking, s), "cudaEventRecord");
-      cuda_ok(cudaEventSynchronize(blocking), "cudaEventSynchronize");
-      blk.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      put_cuda(sleepy, "bench/d2h-nospin", src, dtypes::kUInt8, shape, {}, s);
-      nospin.push_back(seconds_since(t0));
-      t0 = Clock::now();
-      put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s);
-      pool.push_back(seconds_since(t0));
+      timed(raw, copy_into(host));
+      timed(reg, copy_into(shm));
+      timed(c4k, copy_into(cold4k + slot));
+      timed(c2m, copy_into(cold2m + slot));
+      timed(blk, [&] {
+        cuda_ok(cudaMemcpyAsync(host, src, n, cudaMemcpyDeviceToHost, s), "cudaMemcpyAsync");
+        cuda_ok(cudaEventRecord(blocking, s), "cudaEventRecord");
+        cuda_ok(cudaEventSynchronize(blocking), "cudaEventSynchronize");
+      });
+      timed(nospin, [&] { put_cuda(sleepy, "bench/d2h-nospin", src, dtypes::kUInt8, shape, {}, s); });
+      timed(pool, [&] { put_cuda(client, "bench/d2h", src, dtypes::kUInt8, shape, {}, s); });
     }
     const double r = median(raw), g = median(reg), k = median(c4k), h = median(c2m), p = median(pool);
     const double b = median(blk), q = median(nospin);
