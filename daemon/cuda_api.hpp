@@ -10,7 +10,6 @@
 #include <array>
 #include <cstddef>
 #include <cstdint>
-#include <functional>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -26,8 +25,6 @@ using DeviceUuid = std::array<std::uint8_t, 16>;
 
 class CudaApi {
  public:
-  using StreamDone = std::function<void(Status)>;
-
   virtual ~CudaApi() = default;
 
   /// Devices this process can use. An Error with Errc::no_gpu when there is
@@ -66,10 +63,15 @@ class CudaApi {
   /// the engine calls it off the io thread then.
   virtual Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,
                               std::string_view object) = 0;
-  /// Calls `done` on some other thread once the work queued on `stream`
-  /// before this call has finished, with the error that stopped it if any.
-  /// `done` must not call CUDA.
-  virtual Status when_done(int device, void* stream, StreamDone done, std::string_view object) = 0;
+  /// An event of the daemon's own (cudaEventDisableTiming, not
+  /// interprocess), recorded after each copy.
+  virtual Result<void*> create_event(int device, std::string_view object) = 0;
+  /// cudaEventRecord: `event` completes once the work queued on `stream`
+  /// before this call has finished; query_event then says so, or returns the
+  /// error that stopped the work. The engine polls it for the end of a copy:
+  /// no CUDA callback thread, and no wake-up from it, between the end of the
+  /// DMA and the answer.
+  virtual Status record_event(int device, void* stream, void* event, std::string_view object) = 0;
 };
 
 /// The implementation over the CUDA runtime (static cudart); only in builds

@@ -103,7 +103,7 @@ class RuntimeCudaApi final : public CudaApi {
 
   Status destroy_event(int device, void* event) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaEventDestroy", "producer event", [&] { return cudaEventDestroy(as_event(event)); });
+    return cuda_call("cudaEventDestroy", "event", [&] { return cudaEventDestroy(as_event(event)); });
   }
 
   Result<bool> query_event(int device, void* event, std::string_view object) override {
@@ -122,27 +122,22 @@ class RuntimeCudaApi final : public CudaApi {
     });
   }
 
-  Status when_done(int device, void* stream, StreamDone done, std::string_view object) override {
-    // cudaStreamAddCallback rather than cudaLaunchHostFunc: it is called with
-    // the error when the stream's work failed, where cudaLaunchHostFunc would
-    // silently not run and leave the put waiting for ever.
+  Result<void*> create_event(int device, std::string_view object) override {
     TSHM_TRY(use(device));
-    auto* heap = new StreamDone(std::move(done));
-    auto st = cuda_call("cudaStreamAddCallback", object,
-                        [&] { return cudaStreamAddCallback(as_stream(stream), &trampoline, heap, 0); });
-    if (!st) delete heap;
-    return st;
+    cudaEvent_t ev = nullptr;
+    TSHM_TRY(cuda_call("cudaEventCreateWithFlags", object,
+                       [&] { return cudaEventCreateWithFlags(&ev, cudaEventDisableTiming); }));
+    return static_cast<void*>(ev);
+  }
+
+  Status record_event(int device, void* stream, void* event, std::string_view object) override {
+    TSHM_TRY(use(device));
+    return cuda_call("cudaEventRecord", object, [&] { return cudaEventRecord(as_event(event), as_stream(stream)); });
   }
 
  private:
   static cudaStream_t as_stream(void* p) { return static_cast<cudaStream_t>(p); }
   static cudaEvent_t as_event(void* p) { return static_cast<cudaEvent_t>(p); }
-
-  static void CUDART_CB trampoline(cudaStream_t, cudaError_t status, void* user) {
-    std::unique_ptr<StreamDone> done(static_cast<StreamDone*>(user));
-    if (status == cudaSuccess) (*done)(ok_status());
-    else (*done)(cuda_error("stream work", "copy stream", status));
-  }
 
   /// Makes `device` current on this thread (the engine thread and the helper
   /// thread each have their own current device).

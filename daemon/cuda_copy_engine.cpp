@@ -1,12 +1,13 @@
 // The copy engine's logic, independent of how CUDA is reached: device
 // lookup by uuid, pinning in chunks, the per-connection handle caches and
-// streams, the order of the calls for one put (open handles, wait on the
-// producer's event, copy, completion callback) and the bookkeeping that
-// closes handles only when no copy uses them, and the threads: the io thread
-// notes each put and its timeout and answers it; the engine thread makes
-// every CUDA call; CUDA's callbacks and the helper thread that copies into
-// memory CUDA could not pin only enqueue on the engine thread. Nothing on the
-// io thread calls CUDA or waits for the engine thread without a bound.
+// streams, the order of the calls for one put (open handles, poll the
+// producer's event, copy, record an event after the copy and poll it) and
+// the bookkeeping that closes handles only when no copy uses them, and the
+// threads: the io thread notes each put and its timeout and answers it; the
+// engine thread makes every CUDA call and polls; the helper thread that
+// copies into memory CUDA could not pin only enqueues on the engine thread.
+// Nothing on the io thread calls CUDA or waits for the engine thread without
+// a bound.
 #include "cuda_copy_engine.hpp"
 
 #include <atomic>
@@ -98,9 +99,10 @@ std::vector<HandleCache::Entry> HandleCache::take_all() {
 /// abandoned (detach) at shutdown: the process is exiting.
 ///
 /// `tick`, when given, runs on the thread after every job and whenever the
-/// delay it last returned has passed: the engine polls producers' events
-/// there. It returns the delay until it wants to run again, or nullopt when
-/// it has nothing to poll.
+/// delay it last returned has passed: the engine polls producers' events and
+/// the ends of its copies there. It returns the delay until it wants to run
+/// again (zero: at once, without sleeping), or nullopt when it has nothing to
+/// poll.
 class JobThread {
  public:
   using Tick = std::function<std::optional<std::chrono::microseconds>()>;
@@ -268,7 +270,7 @@ CudaCopyEngine::CudaCopyEngine(std::shared_ptr<CudaApi> api, asio::io_context& i
       engine_thread_(std::make_shared<JobThread>(
           [this, alive = std::weak_ptr<int>(alive_)]() -> std::optional<std::chrono::microseconds> {
             if (alive.expired()) return std::nullopt;
-            return poll_events();
+            return poll();
           })) {}
 
 Result<std::unique_ptr<CudaCopyEngine>> CudaCopyEngine::create(std::shared_ptr<CudaApi> api, asio::io_context& io,
@@ -318,7 +320,13 @@ bool CudaCopyEngine::on_engine(std::function<void()> job, std::optional<std::chr
 void CudaCopyEngine::drain() {
   // Polls too: events that completed since the last tick are acted on before
   // this returns (the tick after a job runs outside it).
-  on_engine([this] { poll_events(); });
+  on_engine([this] { poll(/*all_now=*/true); });
+}
+
+double CudaCopyEngine::copy_rate(int device) {
+  double rate = 0;
+  on_engine([&] { rate = devices_.at(static_cast<std::size_t>(device)).clock.rate(); });
+  return rate;
 }
 
 CudaCopyEngine::~CudaCopyEngine() {
@@ -380,6 +388,10 @@ bool CudaCopyEngine::shut_down() {
     return false;
   }
   worker_.reset();  // finishes its copies first (their streams are done)
+  for (auto& [id, c] : copies_)  // ended, not yet polled
+    if (c.done_event != nullptr) devices_[static_cast<std::size_t>(c.device)].idle_events.push_back(c.done_event);
+  copies_.clear();
+  on_streams_.clear();
   for (auto& [id, s] : sessions_) {
     for (const auto& e : s.mems.take_all()) close_mem(e);
     for (const auto& e : s.events.take_all()) close_event(e);
@@ -391,6 +403,9 @@ bool CudaCopyEngine::shut_down() {
     for (void* stream : d.idle_streams)
       (void)watched("cudaStreamDestroy", "shutdown", [&] { return api_->destroy_stream(d.ordinal, stream); });
     d.idle_streams.clear();
+    for (void* event : d.idle_events)
+      (void)watched("cudaEventDestroy", "shutdown", [&] { return api_->destroy_event(d.ordinal, event); });
+    d.idle_events.clear();
   }
   for (auto& [id, r] : regions_) unpin(r);
   regions_.clear();
@@ -580,8 +595,13 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
   if (has_event) s.events.find(r.event_handle)->busy++;
   s.in_flight++;
   const auto now = std::chrono::steady_clock::now();
-  copies_[id] = Copy{r.session, r.mem_handle, has_event ? std::optional(r.event_handle) : std::nullopt, object,
-                     r.nbytes, now, {}};
+  Copy& c = copies_[id];
+  c.session = r.session;
+  c.mem_key = r.mem_handle;
+  if (has_event) c.event_key = r.event_handle;
+  c.object = object;
+  c.bytes = r.nbytes;
+  c.started = now;
   const auto* src = static_cast<const std::byte*>((*mem)->ptr) + r.alloc_offset;
   // Queued behind the producer's earlier puts; the tick that runs right after
   // this job queries the event and issues the copy once it has completed.
@@ -595,16 +615,15 @@ void CudaCopyEngine::issue(Issue& w) {
     abandon(w, ok_status());  // the io thread timed it out: answered already
     return;
   }
-  const std::weak_ptr<JobThread> back = engine_thread_;
   const std::uint64_t id = w.id;
-  if (log::enabled(LogLevel::debug))
-    if (auto c = copies_.find(id); c != copies_.end()) c->second.issued = std::chrono::steady_clock::now();
+  Copy& c = copies_.at(id);
+  c.issued = std::chrono::steady_clock::now();
   if (!w.pinned) {
     // Into pageable memory cudaMemcpyAsync returns only when the copy is
     // done: keep that wait off the engine thread too.
     if (!worker_) worker_ = std::make_shared<JobThread>();
-    worker_->run([this, back, alive = std::weak_ptr<int>(alive_), api = api_, device = w.device, st = w.stream,
-                  pieces = w.pieces, id, object = w.object] {
+    worker_->run([this, back = std::weak_ptr<JobThread>(engine_thread_), alive = std::weak_ptr<int>(alive_),
+                  api = api_, device = w.device, st = w.stream, pieces = w.pieces, id, object = w.object] {
       Status status = ok_status();
       for (const auto& p : pieces)
         if (!(status = api->copy_to_host(device, st, p.dst, p.src, p.bytes, object))) break;
@@ -612,22 +631,90 @@ void CudaCopyEngine::issue(Issue& w) {
     });
     return;
   }
-  Status issued = ok_status();
-  for (const auto& p : w.pieces)
-    if (!(issued = watched("cudaMemcpyAsync", w.object,
-                           [&] { return api_->copy_to_host(w.device, w.stream, p.dst, p.src, p.bytes, w.object); })))
-      break;
+  for (const auto& p : w.pieces) {
+    c.queue_error = watched("cudaMemcpyAsync", w.object,
+                            [&] { return api_->copy_to_host(w.device, w.stream, p.dst, p.src, p.bytes, w.object); });
+    if (!c.queue_error) break;
+  }
   // Even when a piece could not be queued, the ones before it were: the
   // handles stay in use until the stream passes them.
-  auto queued = watched("cudaStreamAddCallback", w.object, [&] {
-    return api_->when_done(
-        w.device, w.stream,
-        [back, alive = std::weak_ptr<int>(alive_), engine = this, id, issued](Status st) {
-          post_finish(back, alive, engine, id, issued ? std::move(st) : issued);
-        },
-        w.object);
-  });
-  if (!queued) finish(id, issued ? std::move(queued) : issued);
+  Device& d = devices_[static_cast<std::size_t>(w.device)];
+  c.device = w.device;
+  c.stream = w.stream;
+  c.done_event = mark_end(d, c);
+  StreamCopies& on_stream = on_streams_[w.stream];
+  c.start = c.issued;
+  if (on_stream.ids.empty()) on_stream.last_end = c.issued;
+  else c.start = std::max(c.issued, copies_.at(on_stream.ids.back()).expected_end);
+  c.expected_end = c.start + d.clock.predict(c.bytes);
+  on_stream.ids.push_back(id);
+}
+
+void* CudaCopyEngine::mark_end(Device& d, Copy& c) {
+  void* event = nullptr;
+  if (!d.idle_events.empty()) {
+    event = d.idle_events.back();
+    d.idle_events.pop_back();
+  } else {
+    auto made = watched("cudaEventCreateWithFlags", c.object, [&] { return api_->create_event(d.ordinal, c.object); });
+    if (!made) {
+      log::warning(c.object, ": ", made.error().message, "; polling its stream for the end of the copy instead");
+      return nullptr;
+    }
+    event = *made;
+  }
+  auto st =
+      watched("cudaEventRecord", c.object, [&] { return api_->record_event(d.ordinal, c.stream, event, c.object); });
+  if (!st) {
+    log::warning(c.object, ": ", st.error().message, "; polling its stream for the end of the copy instead");
+    (void)watched("cudaEventDestroy", c.object, [&] { return api_->destroy_event(d.ordinal, event); });
+    return nullptr;
+  }
+  return event;
+}
+
+std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
+  auto events = poll_events();
+  auto copies = poll_copies(all_now);
+  if (events && copies) return std::min(*events, *copies);
+  return events ? events : copies;
+}
+
+std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_now) {
+  if (on_streams_.empty()) return std::nullopt;
+  std::optional<std::chrono::microseconds> next;
+  const auto wait = [&](std::chrono::microseconds d) { next = next ? std::min(*next, d) : d; };
+  for (auto it = on_streams_.begin(); it != on_streams_.end();) {
+    StreamCopies& q = it->second;
+    while (!q.ids.empty()) {
+      const std::uint64_t id = q.ids.front();
+      Copy& c = copies_.at(id);
+      const auto now = std::chrono::steady_clock::now();
+      const CopyClock::Plan plan = CopyClock::plan(now, c.start, c.expected_end);
+      if (!plan.query && !all_now) {
+        wait(plan.delay);
+        break;
+      }
+      Result<bool> done =
+          c.done_event != nullptr
+              ? watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); })
+              : watched("cudaStreamQuery", c.object, [&] { return api_->stream_done(c.device, c.stream); });
+      if (done && !*done) {
+        c.looked = true;
+        wait(plan.delay);
+        break;
+      }
+      const auto ended = std::chrono::steady_clock::now();
+      if (done && plan.query)  // (a drain's early look teaches nothing)
+        devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, std::max(c.issued, q.last_end), ended,
+                                                                   /*at_first_look=*/!c.looked);
+      q.last_end = ended;
+      q.ids.pop_front();
+      finish(id, done ? ok_status() : Status(std::move(done).error()));
+    }
+    it = q.ids.empty() ? on_streams_.erase(it) : std::next(it);
+  }
+  return next;
 }
 
 std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
@@ -771,7 +858,7 @@ std::vector<CudaCopyEngine::Piece> CudaCopyEngine::split(const Region& region, v
 
 void CudaCopyEngine::post_finish(const std::weak_ptr<JobThread>& engine_thread, std::weak_ptr<int> alive,
                                  CudaCopyEngine* engine, std::uint64_t copy_id, Status status) {
-  // Runs on CUDA's callback thread or the helper thread: it only enqueues on
+  // Runs on the helper thread (copies into unpinned memory): it only enqueues on
   // the engine thread, which touches the engine once it is known alive (the
   // engine joins that thread before its state goes away).
   if (auto t = engine_thread.lock())
@@ -805,6 +892,9 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
   // Engine thread: the stream passed the copy.
   auto it = copies_.find(copy_id);
   if (it == copies_.end()) return;
+  if (void* event = std::exchange(it->second.done_event, nullptr); event != nullptr)
+    devices_[static_cast<std::size_t>(it->second.device)].idle_events.push_back(event);
+  if (!it->second.queue_error) status = std::move(it->second.queue_error);
   if (!status) {
     status = Error{status.error().code, it->second.object + ": the device-to-host copy failed: " + status.error().message};
     log::warning(status.error().message);

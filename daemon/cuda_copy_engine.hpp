@@ -8,14 +8,18 @@
 // is queued on the GPU behind an event that may never complete (a producer
 // killed before its work ran); each producer connection has its own queue and
 // stream per device (recycled when it leaves), so a late event holds up only
-// that producer.
+// that producer. The end of a copy is polled the same way, on an event of the
+// engine's own recorded after it, at times the CopyClock plans from the
+// copy's predicted end: no CUDA callback thread and no wake-up of the engine
+// thread lie between the end of the DMA and the answer.
 //
 // Every CudaApi call runs on one engine thread, never on the io_context
 // thread: a CUDA call that blocks behind a wedged copy (a producer killed
 // mid-copy) then stalls GPU puts only, never the event loop and its CPU-only
 // clients. submit/forget_handle/session_closed only enqueue; the engine's
 // state (handle caches, streams, regions, copies in flight) is touched only
-// on the engine thread; CUDA's callbacks enqueue there too. Each put's
+// on the engine thread; the helper thread's copies into unpinned memory
+// enqueue their end there too. Each put's
 // answer, and its timeout (Options::copy_timeout), live on the io thread,
 // which calls `done` exactly once; a put that times out after its copy was
 // queued has its destination quarantined in the pool, since its DMA may
@@ -38,6 +42,7 @@
 #include <string_view>
 #include <vector>
 
+#include "copy_clock.hpp"
 #include "copy_engine.hpp"
 #include "cuda_api.hpp"
 
@@ -125,8 +130,11 @@ class CudaCopyEngine final : public CopyEngine {
   std::size_t cached_events(std::uint64_t session);
   bool region_pinned(std::uint32_t id);
   /// Returns once everything enqueued before the call has run on the engine
-  /// thread, and producers' events that completed by then have been polled.
+  /// thread, and the events that completed by then (producers' events and
+  /// the ends of copies, whatever their planned poll time) have been polled.
   void drain();
+  /// The device's learned copy rate in bytes per microsecond; 0 until learned.
+  double copy_rate(int device);
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
   /// What the engine thread is doing, from any thread, for the messages of
@@ -149,6 +157,8 @@ class CudaCopyEngine final : public CopyEngine {
     DeviceUuid uuid{};
     std::string name;
     std::vector<void*> idle_streams;
+    std::vector<void*> idle_events;  // the engine's own, recorded after copies
+    CopyClock clock;
   };
   struct Region {
     std::uint32_t id = 0;
@@ -165,13 +175,25 @@ class CudaCopyEngine final : public CopyEngine {
     std::uint32_t in_flight = 0;
     bool closed = false;
   };
+  using TimePoint = std::chrono::steady_clock::time_point;
   struct Copy {  // engine thread
     std::uint64_t session = 0;
     IpcBytes mem_key{};
     std::optional<IpcBytes> event_key;
     std::string object;
     std::uint64_t bytes = 0;
-    std::chrono::steady_clock::time_point started{}, issued{};  // for the debug log's timings
+    TimePoint started{};  // submitted to the engine thread, for the debug log
+    // Set when the copy is queued on the GPU:
+    int device = 0;
+    void* stream = nullptr;
+    void* done_event = nullptr;  // recorded after the copy; null: poll the stream instead
+    Status queue_error = ok_status();  // a piece that could not be queued (those before it were)
+    bool looked = false;  // its end was queried once already
+    TimePoint issued{}, start{}, expected_end{};  // start: behind the copies before it on the stream
+  };
+  struct StreamCopies {  // engine thread: copies queued on one stream, oldest first
+    std::deque<std::uint64_t> ids;
+    TimePoint last_end{};  // when the one before the head was seen done
   };
   struct Pending;  // io thread: a put not answered yet
   // Who owns a put: the engine thread moves it from waiting to issued before
@@ -204,14 +226,25 @@ class CudaCopyEngine final : public CopyEngine {
   bool on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience = std::nullopt);
   Status start(std::uint64_t id, Request& r, const std::string& object,
                const std::shared_ptr<std::atomic<int>>& state);
-  /// Queues the copy and its completion callback (or hands it to the helper
-  /// thread when the destination is not pinned), unless the io thread
+  /// Queues the copy and records an event after it (or hands it to the
+  /// helper thread when the destination is not pinned), unless the io thread
   /// cancelled the put first.
   void issue(Issue& w);
+  /// Records the event that marks the end of copy `c` on its stream: an idle
+  /// one of the device's or a new one; null when neither works (logged), and
+  /// the copy's end is then polled with cudaStreamQuery.
+  void* mark_end(Device& d, Copy& c);
+  /// Engine thread, from the JobThread's tick: polls producers' events and
+  /// the ends of copies. Returns when to poll again.
+  std::optional<std::chrono::microseconds> poll(bool all_now = false);
   /// Engine thread, from the JobThread's tick: queries the event at the head
   /// of each producer's queue and issues the puts whose events completed, in
   /// the order each producer submitted them. Returns when to poll again.
   std::optional<std::chrono::microseconds> poll_events();
+  /// Engine thread: queries the end of the oldest copy on each stream when
+  /// its CopyClock plan says so (every one when `all_now`), finishes those
+  /// that ended, in order. Returns when to poll again.
+  std::optional<std::chrono::microseconds> poll_copies(bool all_now);
   /// Releases a put that will never be copied (cancelled, failed, producer
   /// gone); answers it with `status` unless `status` is ok (already answered).
   void abandon(Issue& w, Status status);
@@ -259,13 +292,14 @@ class CudaCopyEngine final : public CopyEngine {
   std::map<std::uint64_t, SessionState> sessions_;
   std::map<std::uint64_t, Copy> copies_;
   std::map<std::uint64_t, std::deque<Issue>> waiting_;  // per session, in submission order
+  std::map<void*, StreamCopies> on_streams_;  // copies queued on the GPU, per stream
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread
   Pool* pool_ = nullptr;
   Activity activity_;
   std::shared_ptr<JobThread> worker_;   // copies into unpinned memory, which block until done
-  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // callbacks check it before touching the engine
+  std::shared_ptr<int> alive_ = std::make_shared<int>(0);  // posted jobs check it before touching the engine
   std::shared_ptr<JobThread> engine_thread_;  // every CudaApi call runs here
 };
 

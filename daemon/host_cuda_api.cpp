@@ -23,6 +23,7 @@ HostCudaApi::HostCudaApi(int devices) : devices_(devices) {}
 HostCudaApi::~HostCudaApi() {
   for (auto* s : streams_) delete s;
   for (auto* e : opened_events_) delete e;
+  for (auto* e : local_events_) delete e;
 }
 
 DeviceUuid HostCudaApi::uuid_of(int device) {
@@ -52,7 +53,7 @@ void HostCudaApi::free_memory(const IpcBytes& handle) {
   allocations_.at(handle).freed = true;
 }
 
-IpcBytes HostCudaApi::create_event(int device) {
+IpcBytes HostCudaApi::export_event(int device) {
   std::lock_guard lk(mu_);
   IpcBytes h = make_token('E', device);
   events_[h] = std::make_shared<EventState>();
@@ -137,9 +138,8 @@ std::size_t HostCudaApi::run_stream(Stream& s) {
               static_cast<const std::byte*>(p) < static_cast<const std::byte*>(op.dst) + op.bytes)
             straddled_ = true;
     } else {
-      Status st = std::move(s.error);
-      s.error = ok_status();
-      op.done(std::move(st));
+      op.event->complete = true;
+      op.event->error = std::exchange(s.error, ok_status());
     }
     s.ops.pop_front();
     ++n;
@@ -167,6 +167,15 @@ int HostCudaApi::mem_opens() const {
 int HostCudaApi::event_queries() const {
   std::lock_guard lk(mu_);
   return event_queries_;
+}
+
+int HostCudaApi::local_events_live() const {
+  std::lock_guard lk(mu_);
+  return static_cast<int>(local_events_.size());
+}
+int HostCudaApi::local_events_created() const {
+  std::lock_guard lk(mu_);
+  return local_events_created_;
 }
 
 int HostCudaApi::event_handles_open() const {
@@ -243,6 +252,11 @@ Status HostCudaApi::check_device(int device, const char* call) {
   if (device < 0 || device >= devices_)
     return simulated(call, "device " + std::to_string(device), "cudaErrorInvalidDevice");
   return ok_status();
+}
+
+HostCudaApi::OpenedEvent* HostCudaApi::event_of(void* e) const {
+  auto* ev = static_cast<OpenedEvent*>(e);
+  return opened_events_.count(ev) || local_events_.count(ev) ? ev : nullptr;
 }
 
 HostCudaApi::Stream* HostCudaApi::stream_of(void* s) {
@@ -352,7 +366,8 @@ Status HostCudaApi::destroy_event(int, void* event) {
   maybe_block("cudaEventDestroy");
   std::lock_guard lk(mu_);
   auto* e = static_cast<OpenedEvent*>(event);
-  if (opened_events_.erase(e) == 0) return simulated("cudaEventDestroy", "producer event", "cudaErrorInvalidResourceHandle");
+  if (opened_events_.erase(e) == 0 && local_events_.erase(e) == 0)
+    return simulated("cudaEventDestroy", "event", "cudaErrorInvalidResourceHandle");
   delete e;
   return ok_status();
 }
@@ -361,10 +376,12 @@ Result<bool> HostCudaApi::query_event(int, void* event, std::string_view object)
   maybe_block("cudaEventQuery");
   std::lock_guard lk(mu_);
   TSHM_TRY(injected("cudaEventQuery", object));
-  auto* e = static_cast<OpenedEvent*>(event);
-  if (opened_events_.count(e) == 0) return simulated("cudaEventQuery", object, "cudaErrorInvalidResourceHandle");
+  OpenedEvent* e = event_of(event);
+  if (e == nullptr) return simulated("cudaEventQuery", object, "cudaErrorInvalidResourceHandle");
   ++event_queries_;
-  return e->state->complete;
+  if (!e->state->complete) return false;
+  if (!e->state->error) return e->state->error.error();
+  return true;
 }
 
 Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, std::size_t bytes,
@@ -395,13 +412,29 @@ Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, 
   return st;
 }
 
-Status HostCudaApi::when_done(int, void* stream, StreamDone done, std::string_view object) {
+Result<void*> HostCudaApi::create_event(int device, std::string_view object) {
+  maybe_block("cudaEventCreateWithFlags");
   std::lock_guard lk(mu_);
-  TSHM_TRY(injected("cudaStreamAddCallback", object));
+  TSHM_TRY(check_device(device, "cudaEventCreateWithFlags"));
+  TSHM_TRY(injected("cudaEventCreateWithFlags", object));
+  auto* e = new OpenedEvent{std::make_shared<EventState>()};
+  local_events_.insert(e);
+  ++local_events_created_;
+  return static_cast<void*>(e);
+}
+
+Status HostCudaApi::record_event(int, void* stream, void* event, std::string_view object) {
+  maybe_block("cudaEventRecord");
+  std::lock_guard lk(mu_);
+  TSHM_TRY(injected("cudaEventRecord", object));
   Stream* s = stream_of(stream);
-  if (s == nullptr) return simulated("cudaStreamAddCallback", object, "cudaErrorInvalidResourceHandle");
-  Op op{Op::callback};
-  op.done = std::move(done);
+  OpenedEvent* e = event_of(event);
+  if (s == nullptr || e == nullptr || local_events_.count(e) == 0)
+    return simulated("cudaEventRecord", object, "cudaErrorInvalidResourceHandle");
+  e->state->complete = false;
+  e->state->error = ok_status();
+  Op op{Op::record};
+  op.event = e->state;
   op.seq = next_seq_++;
   s->ops.push_back(std::move(op));
   return ok_status();

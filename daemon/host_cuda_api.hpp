@@ -37,8 +37,8 @@ class HostCudaApi final : public CudaApi {
   /// The producer freed the allocation: opening its handle fails from now on
   /// (mappings already open stay valid, as with CUDA).
   void free_memory(const IpcBytes& handle);
-  /// An interprocess event. Complete until hold() (like a fresh event).
-  IpcBytes create_event(int device);
+  /// A producer's interprocess event. Complete until hold() (like a fresh event).
+  IpcBytes export_event(int device);
   /// The event was recorded behind work that has not run yet.
   void hold(const IpcBytes& event);
   /// That work finished.
@@ -54,7 +54,7 @@ class HostCudaApi final : public CudaApi {
   /// True while a call is parked by block_next.
   bool blocked() const;
   /// The next copy fails when its stream runs it (an asynchronous error): the
-  /// completion callback after it receives the error.
+  /// event recorded after it reports the error.
   void fail_next_copy_when_run();
   /// The next copy queued never finishes until unstall(): its stream stops
   /// there, as behind a DMA that does not end.
@@ -69,6 +69,9 @@ class HostCudaApi final : public CudaApi {
   int mem_opens() const;
   int event_handles_open() const;
   int event_queries() const;
+  /// The daemon's own events (create_event): live now, and made in all.
+  int local_events_live() const;
+  int local_events_created() const;
   int streams_live() const;
   int streams_created() const;
   std::size_t copies_run() const;
@@ -93,28 +96,30 @@ class HostCudaApi final : public CudaApi {
   Result<bool> query_event(int device, void* event, std::string_view object) override;
   Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,
                       std::string_view object) override;
-  Status when_done(int device, void* stream, StreamDone done, std::string_view object) override;
+  Result<void*> create_event(int device, std::string_view object) override;
+  Status record_event(int device, void* stream, void* event, std::string_view object) override;
 
  private:
   struct EventState {
     bool complete = true;
+    Status error = ok_status();  // the stream's asynchronous error, once recorded work has run
   };
-  struct OpenedEvent {
+  struct OpenedEvent {  // a producer's event opened by the engine, or one of the engine's own
     std::shared_ptr<EventState> state;
   };
   struct Op {
-    enum Kind { copy, callback } kind;
+    enum Kind { copy, record } kind;
     bool stalled = false;
     void* dst = nullptr;
     const void* src = nullptr;
     std::size_t bytes = 0;
-    StreamDone done;
+    std::shared_ptr<EventState> event;  // record
     std::uint64_t seq = 0;
   };
   struct Stream {
     int device = 0;
     std::deque<Op> ops;
-    Status error = ok_status();  // asynchronous error, reported to the next callback
+    Status error = ok_status();  // asynchronous error, reported by the next event recorded
   };
   struct Allocation {
     int device = 0;
@@ -123,6 +128,7 @@ class HostCudaApi final : public CudaApi {
   };
 
   Status injected(const std::string& call, std::string_view object);
+  OpenedEvent* event_of(void* e) const;
   void maybe_block(const std::string& call);
   Status check_device(int device, const char* call);
   Stream* stream_of(void* s);
@@ -140,6 +146,8 @@ class HostCudaApi final : public CudaApi {
   std::map<IpcBytes, std::shared_ptr<EventState>> events_;
   std::set<Stream*> streams_;
   std::set<OpenedEvent*> opened_events_;
+  std::set<OpenedEvent*> local_events_;
+  int local_events_created_ = 0;
   std::multiset<const void*> opened_mems_;
   std::map<const void*, std::size_t> registered_;
   std::map<std::string, std::string> failures_;

@@ -75,7 +75,7 @@ struct Rig {
     p.memory.resize(bytes);
     for (std::size_t i = 0; i < bytes; ++i) p.memory[i] = std::byte(static_cast<std::uint8_t>(seed + i * 7));
     p.handle = api->export_memory(device, p.memory.data());
-    p.event = api->create_event(device);
+    p.event = api->export_event(device);
     return p;
   }
 
@@ -333,6 +333,69 @@ TEST_CASE("a copy that fails on the GPU is reported for that put only") {
   CHECK(rig.landed(p, 0, 16 * kKiB));
 }
 
+TEST_CASE("the end of a copy is seen on an event recorded after it, and that event serves the next copies") {
+  Rig rig;
+  auto p = rig.producer(64 * kKiB);
+  for (int i = 0; i < 5; ++i) {
+    auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+    rig.settle();
+    CHECK(out->ok());
+  }
+  CHECK(rig.api->local_events_created() == 1);
+  CHECK(rig.api->local_events_live() == 1);
+  CHECK(rig.engine->in_flight() == 0);
+}
+
+TEST_CASE("a copy larger than 1 MiB teaches the engine its device's copy rate") {
+  Rig rig;
+  CHECK(rig.engine->copy_rate(0) == 0);
+  auto small = rig.producer(64 * kKiB);
+  rig.submit(rig.request(1, small, 0, 64 * kKiB));
+  rig.settle();
+  CHECK(rig.engine->copy_rate(0) == 0);  // small copies are latency, not rate
+  auto big = rig.producer(2 * kMiB);
+  auto out = rig.submit(rig.request(1, big, 0, 2 * kMiB));
+  rig.settle();
+  CHECK(out->ok());
+  CHECK(rig.engine->copy_rate(0) > 0);
+}
+
+TEST_CASE("several copies queued on one stream end in order, each answered once") {
+  Rig rig;
+  auto p = rig.producer(256 * kKiB);
+  std::vector<int> order;
+  for (int i = 0; i < 4; ++i)
+    rig.engine->submit(rig.request(1, p, static_cast<std::uint64_t>(i) * 256 * kKiB, 256 * kKiB),
+                       [&order, i](Status s) { order.push_back(s ? i : -1); });
+  rig.engine->drain();
+  CHECK(rig.api->queued() == 8);  // four copies, four events, nothing ran yet
+  CHECK(order.empty());
+  rig.settle();
+  CHECK(order == std::vector<int>{0, 1, 2, 3});
+  CHECK(rig.api->local_events_created() == 4);
+}
+
+TEST_CASE("when no event can be recorded after a copy its end is polled on the stream, never guessed") {
+  for (const char* call : {"cudaEventCreateWithFlags", "cudaEventRecord"}) {
+    CAPTURE(call);
+    Rig rig;
+    auto p = rig.producer(64 * kKiB);
+    rig.api->fail_next(call, "cudaErrorMemoryAllocation");
+    auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+    rig.engine->drain();
+    rig.engine->drain();
+    CHECK_FALSE(out->done());  // the copy is queued and has not run
+    rig.settle();
+    CHECK(out->ok());
+    CHECK(rig.landed(p, 0, 64 * kKiB));
+    CHECK(rig.engine->in_flight() == 0);
+    auto next = rig.submit(rig.request(1, p, 128 * kKiB, 64 * kKiB));  // events work again
+    rig.settle();
+    CHECK(next->ok());
+    CHECK(rig.api->local_events_live() == 1);
+  }
+}
+
 TEST_CASE("a copy that cannot be queued is reported and leaves its handle closable") {
   Rig rig;
   auto p = rig.producer(16 * kKiB);
@@ -436,7 +499,7 @@ TEST_CASE("a disconnect mid-copy keeps the handles open until the copy ends, the
   auto p = rig.producer(64 * kKiB);
   auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
   rig.engine->drain();  // the copy is queued on the stream, which has not run it yet
-  CHECK(rig.api->queued() == 2);  // the copy and its completion callback
+  CHECK(rig.api->queued() == 2);  // the copy and the event recorded after it
   rig.engine->session_closed(1);
   rig.engine->drain();
   CHECK(rig.api->mem_handles_open() == 1);
@@ -541,9 +604,11 @@ TEST_CASE("destroying the engine closes every handle, stream and pinning it made
   rig->submit(rig->request(2, b, 8 * kKiB, 4 * kKiB));
   rig->settle();
   rig->engine->session_closed(2);
+  CHECK(api->local_events_created() >= 1);
   rig->engine.reset();
   CHECK(api->mem_handles_open() == 0);
   CHECK(api->event_handles_open() == 0);
+  CHECK(api->local_events_live() == 0);
   CHECK(api->streams_live() == 0);
   CHECK(api->registered().empty());
 }
@@ -810,3 +875,87 @@ TEST_CASE("CPU-only clients get answers while the engine thread is stuck in a CU
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("copy clock") {
+
+using Clock = CopyClock::Clock;
+
+TEST_CASE("nothing is predicted until a copy of at least 1 MiB was seen") {
+  CopyClock clock;
+  const auto t0 = Clock::now();
+  CHECK(clock.predict(64 * kMiB) == 0us);
+  clock.observe(512 * kKiB, t0, t0 + 10us, false);
+  CHECK(clock.rate() == 0);
+  clock.observe(64 * kMiB, t0, t0, false);  // no time: nothing to learn from
+  CHECK(clock.rate() == 0);
+  clock.observe(64 * kMiB, t0, t0 + 1000us, false);
+  CHECK(clock.rate() == doctest::Approx(64.0 * kMiB / 1000));
+  CHECK(clock.predict(32 * kMiB) == 500us);
+}
+
+TEST_CASE("the rate follows copies seen ending a quarter at a time, and steps up for one found done at first look") {
+  CopyClock clock;
+  const auto t0 = Clock::now();
+  clock.observe(1 * kMiB, t0, t0 + 100us, false);  // 10486 bytes/us
+  clock.observe(1 * kMiB, t0, t0 + 50us, false);   // twice as fast, seen ending
+  const double mean = 0.75 * kMiB / 100 + 0.25 * kMiB / 50;
+  CHECK(clock.rate() == doctest::Approx(mean));
+  clock.observe(1 * kMiB, t0, t0 + 200us, true);  // slower, but it may have ended long before: no step down
+  CHECK(clock.rate() == doctest::Approx(mean * 1.25));
+}
+
+TEST_CASE("the plan sleeps until just before the predicted end, then queries without sleeping, then backs off") {
+  const auto start = Clock::now();
+  const auto end = start + 1000us;  // margin 150 us, spin 450 us past the end
+  auto p = CopyClock::plan(start, start, end);
+  CHECK_FALSE(p.query);
+  CHECK(p.delay == 850us);
+  p = CopyClock::plan(start + 849us, start, end);
+  CHECK_FALSE(p.query);
+  CHECK(p.delay == 1us);
+  for (auto at : {850us, 1000us, 1449us}) {
+    p = CopyClock::plan(start + at, start, end);
+    CHECK(p.query);
+    CHECK(p.delay == 0us);
+  }
+  p = CopyClock::plan(start + 1450us, start, end);
+  CHECK(p.query);
+  CHECK(p.delay == 10us);
+  CHECK(CopyClock::plan(end + 10ms, start, end).delay == 100us);
+  CHECK(CopyClock::plan(end + 60ms, start, end).delay == 1000us);
+}
+
+TEST_CASE("with nothing learned the plan queries at once and spins for 200 us") {
+  const auto start = Clock::now();
+  CHECK(CopyClock::plan(start, start, start).query);
+  CHECK(CopyClock::plan(start + 199us, start, start).delay == 0us);
+  CHECK(CopyClock::plan(start + 200us, start, start).delay == 10us);
+}
+
+TEST_CASE("a rate learned too slow recovers within a few copies, and one too fast settles back") {
+  // A rate learned while other streams shared the bus predicts too long; the
+  // engine then first looks at the predicted end minus its margin, after the
+  // copy really ended, and sees it done at that first look.
+  const double true_rate = 50'000;  // bytes/us (50 GB/s)
+  const std::uint64_t bytes = 64 * kMiB;
+  const auto real = std::chrono::microseconds(static_cast<std::int64_t>(bytes / true_rate));
+  const auto t0 = Clock::now();
+  const auto run = [&](CopyClock& clock, int copies) {
+    for (int i = 0; i < copies; ++i) {
+      const auto predicted = clock.predict(bytes);
+      const auto first_look = predicted - (50us + predicted / 10);
+      const bool late = first_look >= real;  // woke after the end: seen at first look
+      clock.observe(bytes, t0, t0 + (late ? first_look : real), late);
+    }
+  };
+  CopyClock slow;
+  slow.observe(bytes, t0, t0 + 4 * real, false);  // learned at a quarter of the speed
+  run(slow, 6);
+  CHECK(slow.rate() == doctest::Approx(true_rate).epsilon(0.05));
+  CopyClock fast;
+  fast.observe(bytes, t0, t0 + real / 2, false);  // twice the speed: looks early, sees the real end
+  run(fast, 12);
+  CHECK(fast.rate() == doctest::Approx(true_rate).epsilon(0.05));
+}
+
+}  // TEST_SUITE("copy clock")

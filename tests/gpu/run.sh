@@ -143,9 +143,14 @@ note "C++ put_cuda checks" "$(tail -1 "$WORK/gpu_check.txt" 2>/dev/null || echo 
 
 # ---- C++ benchmark ----------------------------------------------------------------------
 section "bench-cpp: tshm_gpu_bench (D2H into the pool vs raw cudaMemcpyAsync into cudaHostAlloc)"
+# The daemon's CPU time (utime + stime, in clock ticks) over the benchmark:
+# the engine thread spins near the predicted end of each copy.
+daemon_ticks() { awk '{ print $14 + $15 }' "/proc/$DAEMON_PID/stat" 2>/dev/null || echo 0; }
+ticks0=$(daemon_ticks); wall0=$SECONDS
 set -x
 timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp.txt"
 set +x
+note "daemon CPU in C++ bench" "$(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s CPU over %d s wall", t / hz, w }')"
 # "size=N ... ratio=R" lines -> "4K 52%, 16K 60%, ..."
 ratio_list() {
   awk -v min="${2:-0}" -v key="${3:-ratio}" '$1 == "'"$1"'" {
@@ -167,7 +172,7 @@ note "D2H raw asleep/raw" "$(ratio_list d2h 0 raw_block_vs_raw < "$WORK/bench_cp
 
 if [[ $ONLY == bench ]]; then
   # Where a put's time goes, from the daemon's debug lines: the copy on the
-  # GPU (issue to completion callback) and submit-to-answer, medians per size.
+  # GPU (issue to its end seen by the engine) and submit-to-answer, medians per size.
   copy_split=$(awk '/gpu copy: put .bench\/d2h/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
                       n = v["bytes"]; c[n] = c[n] " " v["copy_us"] }
                     /gpu put answered: put .bench\/d2h/ { for (i = 1; i <= NF; i++) { split($i, kv, "="); v[kv[1]] = kv[2] }
