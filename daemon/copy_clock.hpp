@@ -1,12 +1,14 @@
 // When the copy engine looks again at a device-to-host copy in flight. The
 // engine learns for each device how fast its copies go (from the copies it
-// sees end), predicts when a new copy will end (behind the copies already
-// queued on its stream), and plans its polls of the event recorded after the
-// copy: asleep until a little before the predicted end, then querying without
-// sleeping (the answer is then at most one query late, and the thread is
-// already awake), then backing off if the copy runs well past its prediction
-// (a copy that never ends costs one query per millisecond). Pure arithmetic
-// on times, so that tests check the plan without a clock or a GPU.
+// sees end), predicts when a new copy will end, and plans its queries of the
+// event recorded after the copy: a few probes while the copy cannot have
+// ended yet unless the rate was learned too slow (so a wrong rate costs at
+// most twice the copy's time, never the put's timeout), asleep otherwise
+// until a little before the predicted end, then querying without sleeping
+// for a short while (the answer is then one query late at most, and the
+// thread is already awake), then at intervals that grow with the copy's age
+// (a copy that never ends costs a query every 10 ms). Pure arithmetic on
+// times, so that tests check it without a clock or a GPU.
 #pragma once
 
 #include <chrono>
@@ -18,37 +20,49 @@ class CopyClock {
  public:
   using Clock = std::chrono::steady_clock;
   using TimePoint = Clock::time_point;
+  using Micros = std::chrono::microseconds;
 
-  /// How long a copy of `bytes` is expected to take: zero until a copy of at
-  /// least kLearnBytes has been seen end.
-  std::chrono::microseconds predict(std::uint64_t bytes) const noexcept;
-  /// A copy of `bytes` that the GPU ran from `began` (its issue, or the end of
-  /// the copy before it on the same stream, whichever is later) was seen done
-  /// at `ended`; `at_first_look` when the first query already found it done,
-  /// so that it may have ended well before. Small copies teach nothing (their
-  /// time is latency).
-  void observe(std::uint64_t bytes, TimePoint began, TimePoint ended, bool at_first_look) noexcept;
-  /// Learned rate in bytes per microsecond (MB/s); 0 until learned.
+  // Learned rates are kept within these, in bytes per microsecond (MB/s).
+  static constexpr double kSlowest = 100;        // 100 MB/s
+  static constexpr double kFastest = 1'000'000;  // 1 TB/s, beyond any link today
+  static constexpr std::uint64_t kLearnBytes = 1u << 20;  // smaller copies are latency, not rate
+
+  /// How long a copy of `bytes` is expected to take: zero until learned.
+  Micros predict(std::uint64_t bytes) const noexcept;
+  /// A copy of `bytes` that the GPU started at `began` was seen done at
+  /// `ended`. `prompt`: a query had found it not yet done just before (see
+  /// prompt()), so `ended` is its end; otherwise it ended at or before
+  /// `ended`, and the sample only bounds the rate from below. A prompt sample
+  /// moves the rate a quarter of the way; a bound raises a rate below it
+  /// (to 1.25 times the bound: the copy was faster still), never lowers one,
+  /// and never sets the first one. Callers pass only copies whose start they
+  /// know (the stream was idle, or the copy before was seen ending promptly).
+  void observe(std::uint64_t bytes, TimePoint began, TimePoint ended, bool prompt) noexcept;
+  /// Learned rate in bytes per microsecond; 0 until learned.
   double rate() const noexcept { return bytes_per_us_; }
 
-  /// What to do about a copy expected from `start` to `end` (end == start:
-  /// nothing learned yet), at `now`.
-  struct Plan {
-    bool query;                    // query its event now
-    std::chrono::microseconds delay;  // then (or, not querying, until) the next look
-  };
-  ///   - before end - margin: do not query; look again then (margin: 50 us +
-  ///     10 % of the prediction, so that a copy a little faster than
-  ///     predicted is seen at once);
-  ///   - then query, and again at once (delay 0) until `spin` past the end
-  ///     (200 us + 25 % of the prediction);
-  ///   - then every 10 us until 2 ms late, 100 us until 50 ms late, then 1 ms.
-  static Plan plan(TimePoint now, TimePoint start, TimePoint end) noexcept;
+  /// Whether a copy from `began`, found not done at `last_look` and done at
+  /// `ended`, was seen ending promptly: within 20 us or 5 % of its time.
+  static bool prompt(TimePoint began, TimePoint last_look, TimePoint ended) noexcept;
 
-  static constexpr std::uint64_t kLearnBytes = 1u << 20;
+  /// What to do about a copy of `bytes` expected from `start` to `end`
+  /// (end == start: nothing learned yet) at `now`, last queried at
+  /// `last_look` (TimePoint{}: never).
+  struct Plan {
+    bool query;    // query its event now
+    Micros delay;  // then (or, not querying, until) the next look
+  };
+  ///   - before end - margin (margin: 50 us + 10 % of the prediction, at most
+  ///     500 us): query only at the probes start + floor * 2^k (floor: the
+  ///     copy's time at kFastest, at least 10 us), sleep in between;
+  ///   - from there until spin past the end (200 us + 10 % of the
+  ///     prediction, at most 1 ms): query and go again at once;
+  ///   - then every 2 % of the copy's age (10 us to 1 ms), and every 10 ms
+  ///     once it is more than a second late.
+  static Plan plan(TimePoint now, TimePoint start, TimePoint end, std::uint64_t bytes, TimePoint last_look) noexcept;
 
  private:
-  double bytes_per_us_ = 0;  // exponentially weighted, newest 1/4
+  double bytes_per_us_ = 0;
 };
 
 }  // namespace tensorshm::daemon

@@ -361,6 +361,7 @@ CudaCopyEngine::~CudaCopyEngine() {
 }
 
 bool CudaCopyEngine::shut_down() {
+  stopping_ = true;
   // Let the copies in flight finish, for a bounded time: a stream waiting on
   // the event of a producer that died before its work ran may never drain.
   // Puts still waiting for their producer's event were never queued on the GPU.
@@ -643,9 +644,8 @@ void CudaCopyEngine::issue(Issue& w) {
   c.stream = w.stream;
   c.done_event = mark_end(d, c);
   StreamCopies& on_stream = on_streams_[w.stream];
-  c.start = c.issued;
-  if (on_stream.ids.empty()) on_stream.last_end = c.issued;
-  else c.start = std::max(c.issued, copies_.at(on_stream.ids.back()).expected_end);
+  c.start_known = on_stream.ids.empty();
+  c.start = c.start_known ? c.issued : std::max(c.issued, copies_.at(on_stream.ids.back()).expected_end);
   c.expected_end = c.start + d.clock.predict(c.bytes);
   on_stream.ids.push_back(id);
 }
@@ -658,7 +658,7 @@ void* CudaCopyEngine::mark_end(Device& d, Copy& c) {
   } else {
     auto made = watched("cudaEventCreateWithFlags", c.object, [&] { return api_->create_event(d.ordinal, c.object); });
     if (!made) {
-      log::warning(c.object, ": ", made.error().message, "; polling its stream for the end of the copy instead");
+      no_event(d, c, made.error());
       return nullptr;
     }
     event = *made;
@@ -666,15 +666,26 @@ void* CudaCopyEngine::mark_end(Device& d, Copy& c) {
   auto st =
       watched("cudaEventRecord", c.object, [&] { return api_->record_event(d.ordinal, c.stream, event, c.object); });
   if (!st) {
-    log::warning(c.object, ": ", st.error().message, "; polling its stream for the end of the copy instead");
+    no_event(d, c, st.error());
     (void)watched("cudaEventDestroy", c.object, [&] { return api_->destroy_event(d.ordinal, event); });
     return nullptr;
   }
   return event;
 }
 
+void CudaCopyEngine::no_event(Device& d, const Copy& c, const Error& e) {
+  if (std::exchange(d.events_failed, true))
+    log::debug(c.object, ": ", e.message, "; its end is seen on the next copy's event or the stream");
+  else
+    log::warning(c.object, ": ", e.message, "; the end of this copy (and of any other copy on device ", d.ordinal,
+                 " that gets no event) is seen on the next copy's event or on its stream (logged once)");
+}
+
 std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
-  auto events = poll_events();
+  // After shut_down nothing is polled: ending a copy may close handles, which
+  // blocks on a device wedged by a copy that never ends.
+  if (stopping_) return std::nullopt;
+  auto events = poll_events(all_now);
   auto copies = poll_copies(all_now);
   if (events && copies) return std::min(*events, *copies);
   return events ? events : copies;
@@ -686,38 +697,56 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
   const auto wait = [&](std::chrono::microseconds d) { next = next ? std::min(*next, d) : d; };
   for (auto it = on_streams_.begin(); it != on_streams_.end();) {
     StreamCopies& q = it->second;
+    bool look_now = all_now;
     while (!q.ids.empty()) {
       const std::uint64_t id = q.ids.front();
       Copy& c = copies_.at(id);
       const auto now = std::chrono::steady_clock::now();
-      const CopyClock::Plan plan = CopyClock::plan(now, c.start, c.expected_end);
-      if (!plan.query && !all_now) {
+      const CopyClock::Plan plan = CopyClock::plan(now, c.start, c.expected_end, c.bytes, c.last_look);
+      if (!plan.query && !look_now) {
         wait(plan.delay);
         break;
       }
-      Result<bool> done =
-          c.done_event != nullptr
-              ? watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); })
-              : watched("cudaStreamQuery", c.object, [&] { return api_->stream_done(c.device, c.stream); });
+      Result<bool> done = head_done(q);
+      const auto seen = std::chrono::steady_clock::now();
       if (done && !*done) {
-        c.looked = true;
+        c.last_look = seen;
         wait(plan.delay);
         break;
       }
-      const auto ended = std::chrono::steady_clock::now();
-      if (done && plan.query)  // (a drain's early look teaches nothing)
-        devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, std::max(c.issued, q.last_end), ended,
-                                                                   /*at_first_look=*/!c.looked);
-      q.last_end = ended;
+      const bool prompt = c.last_look != TimePoint{} && CopyClock::prompt(c.start, c.last_look, seen);
+      if (done && c.start_known)
+        devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, c.start, seen, prompt);
       q.ids.pop_front();
       finish(id, done ? ok_status() : Status(std::move(done).error()));
+      if (q.ids.empty()) break;
+      // The next copy started when this one ended: known when that was seen
+      // promptly. It may have ended too: look at once.
+      Copy& head = copies_.at(q.ids.front());
+      head.start = std::max(head.issued, seen);
+      head.start_known = done && prompt;
+      head.expected_end = head.start + devices_[static_cast<std::size_t>(head.device)].clock.predict(head.bytes);
+      look_now = true;
     }
     it = q.ids.empty() ? on_streams_.erase(it) : std::next(it);
   }
   return next;
 }
 
-std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
+Result<bool> CudaCopyEngine::head_done(const StreamCopies& q) {
+  // A stream runs its work in order: the end of any later copy is this one's
+  // too. Without an event (none could be made or recorded), the next copy's
+  // is the nearest sign; the stream's own state (all its work done) the last.
+  for (const std::uint64_t id : q.ids) {
+    const Copy& c = copies_.at(id);
+    if (c.done_event != nullptr)
+      return watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); });
+  }
+  const Copy& head = copies_.at(q.ids.front());
+  return watched("cudaStreamQuery", head.object, [&] { return api_->stream_done(head.device, head.stream); });
+}
+
+std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events(bool all_now) {
   using namespace std::chrono_literals;
   if (waiting_.empty()) return std::nullopt;
   const auto now = std::chrono::steady_clock::now();
@@ -732,6 +761,11 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
         continue;
       }
       if (w.event != nullptr) {
+        if (!all_now && now < w.next_query) {  // each event on its own schedule
+          const auto until = std::chrono::duration_cast<std::chrono::microseconds>(w.next_query - now) + 1us;
+          next = next ? std::min(*next, until) : until;
+          break;
+        }
         auto done = watched("cudaEventQuery", w.object, [&] { return api_->query_event(w.device, w.event, w.object); });
         if (!done) {
           drop(w, Error{done.error().code, w.object + ": waiting for the producer's event: " + done.error().message});
@@ -743,6 +777,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events() {
           // backing off: a kernel that runs for seconds costs few queries.
           const auto age = now - w.since;
           const std::chrono::microseconds delay = age < 2ms ? 10us : age < 50ms ? 100us : 1000us;
+          w.next_query = now + delay;
           next = next ? std::min(*next, delay) : delay;
           break;
         }

@@ -158,6 +158,7 @@ class CudaCopyEngine final : public CopyEngine {
     std::string name;
     std::vector<void*> idle_streams;
     std::vector<void*> idle_events;  // the engine's own, recorded after copies
+    bool events_failed = false;      // making or recording one failed (logged once)
     CopyClock clock;
   };
   struct Region {
@@ -188,12 +189,16 @@ class CudaCopyEngine final : public CopyEngine {
     void* stream = nullptr;
     void* done_event = nullptr;  // recorded after the copy; null: poll the stream instead
     Status queue_error = ok_status();  // a piece that could not be queued (those before it were)
-    bool looked = false;  // its end was queried once already
-    TimePoint issued{}, start{}, expected_end{};  // start: behind the copies before it on the stream
+    TimePoint issued{};
+    // When the GPU starts it: its issue, or behind the copies before it on
+    // the stream (predicted, then when the one before was seen done).
+    TimePoint start{};
+    bool start_known = false;  // the stream was idle, or the one before was seen ending promptly
+    TimePoint expected_end{};
+    TimePoint last_look{};  // the last query that found it not done; {}: none
   };
   struct StreamCopies {  // engine thread: copies queued on one stream, oldest first
     std::deque<std::uint64_t> ids;
-    TimePoint last_end{};  // when the one before the head was seen done
   };
   struct Pending;  // io thread: a put not answered yet
   // Who owns a put: the engine thread moves it from waiting to issued before
@@ -217,6 +222,7 @@ class CudaCopyEngine final : public CopyEngine {
     std::shared_ptr<std::atomic<int>> state;
     std::chrono::steady_clock::time_point since;  // when it started waiting
     std::string object;
+    std::chrono::steady_clock::time_point next_query{};  // its event's next poll
   };
 
   CudaCopyEngine(std::shared_ptr<CudaApi> api, boost::asio::io_context& io, Options options);
@@ -234,17 +240,23 @@ class CudaCopyEngine final : public CopyEngine {
   /// one of the device's or a new one; null when neither works (logged), and
   /// the copy's end is then polled with cudaStreamQuery.
   void* mark_end(Device& d, Copy& c);
+  /// Logs, once per device, that copies there go without an event.
+  void no_event(Device& d, const Copy& c, const Error& e);
   /// Engine thread, from the JobThread's tick: polls producers' events and
   /// the ends of copies. Returns when to poll again.
   std::optional<std::chrono::microseconds> poll(bool all_now = false);
   /// Engine thread, from the JobThread's tick: queries the event at the head
   /// of each producer's queue and issues the puts whose events completed, in
   /// the order each producer submitted them. Returns when to poll again.
-  std::optional<std::chrono::microseconds> poll_events();
+  std::optional<std::chrono::microseconds> poll_events(bool all_now = false);
   /// Engine thread: queries the end of the oldest copy on each stream when
   /// its CopyClock plan says so (every one when `all_now`), finishes those
-  /// that ended, in order. Returns when to poll again.
+  /// that ended, in order, teaching the device's clock. Returns when to poll
+  /// again.
   std::optional<std::chrono::microseconds> poll_copies(bool all_now);
+  /// Whether the copy at the head of `q` has ended: its event, or (when it
+  /// has none) the next copy's on the stream, or the stream itself.
+  Result<bool> head_done(const StreamCopies& q);
   /// Releases a put that will never be copied (cancelled, failed, producer
   /// gone); answers it with `status` unless `status` is ok (already answered).
   void abandon(Issue& w, Status status);
@@ -293,6 +305,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::map<std::uint64_t, Copy> copies_;
   std::map<std::uint64_t, std::deque<Issue>> waiting_;  // per session, in submission order
   std::map<void*, StreamCopies> on_streams_;  // copies queued on the GPU, per stream
+  bool stopping_ = false;  // shut_down ran: nothing is polled any more
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread

@@ -2,12 +2,14 @@
 // on machines without a GPU. "Device memory" is host memory a test exports
 // (as a producer would with cudaIpcGetMemHandle); IPC handles are tokens that
 // name it; streams are queues that run only when the test calls run(), so the
-// test decides when a producer's event fires and when copies finish. Errors
+// test decides when a producer's event fires and when copies finish (or, after
+// run_by_itself(), as a GPU would, each copy taking its bytes' time). Errors
 // can be injected per call, and a call made to block as on a wedged device.
 // Thread-safe: the engine thread and its helper thread call it (copies into
 // unpinned memory block there until their stream gets to them, as with CUDA).
 #pragma once
 
+#include <chrono>
 #include <condition_variable>
 #include <cstddef>
 #include <cstdint>
@@ -17,6 +19,7 @@
 #include <mutex>
 #include <set>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -63,6 +66,10 @@ class HostCudaApi final : public CudaApi {
   /// Runs all queued stream work (up to a stalled copy). Returns the number
   /// of operations run.
   std::size_t run();
+  /// From now on the streams run by themselves on a thread of the
+  /// simulation, as on a GPU: a copy ends bytes / bytes_per_us after it
+  /// reaches the head of its stream, the rest as soon as it does.
+  void run_by_itself(double bytes_per_us);
 
   // ---- observations --------------------------------------------------------
   int mem_handles_open() const;
@@ -115,6 +122,8 @@ class HostCudaApi final : public CudaApi {
     std::size_t bytes = 0;
     std::shared_ptr<EventState> event;  // record
     std::uint64_t seq = 0;
+    std::chrono::steady_clock::time_point due{};  // run_by_itself: when a copy at the head ends
+    bool copied = false;                          // its bytes have moved
   };
   struct Stream {
     int device = 0;
@@ -134,6 +143,9 @@ class HostCudaApi final : public CudaApi {
   Stream* stream_of(void* s);
   IpcBytes make_token(char kind, int device);
   std::size_t run_stream(Stream& s);
+  /// Runs the op at the head of `s` (the caller pops it).
+  void run_op(Stream& s, Op& op);
+  void run_by_itself_loop();
   std::size_t run_locked();
   bool registered_locked(const void* p, std::size_t n) const;
 
@@ -163,6 +175,9 @@ class HostCudaApi final : public CudaApi {
   int streams_created_ = 0;
   std::size_t copies_run_ = 0;
   bool straddled_ = false;
+  double bytes_per_us_ = 0;  // run_by_itself's rate; 0: only run() runs streams
+  bool stop_ = false;
+  std::thread gpu_;  // run_by_itself's thread
 };
 
 }  // namespace tensorshm::daemon
