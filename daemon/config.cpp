@@ -100,6 +100,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
     ("cuda", po::value(&c.cuda)->default_value(d.cuda), "auto: use GPUs when a driver and devices exist; off: CPU-only")
     ("cuda-handle-cache", po::value(&c.cuda_handle_cache)->default_value(d.cuda_handle_cache), "opened CUDA IPC handles cached per producer connection")
     ("cuda-copy-timeout-ms", po::value(&c.cuda_copy_timeout_ms)->default_value(d.cuda_copy_timeout_ms), "fail a GPU put whose device-to-host copy has not completed within this time (its extent is quarantined); 0 = never")
+    ("cuda-linger-us", po::value(&c.cuda_linger_us)->default_value(d.cuda_linger_us), "after a GPU copy ends, the copy engine's thread keeps polling this long for the producer's next put instead of sleeping (a CPU core's time for one thread wake-up per put); 0 = off")
     ("log-level", po::value(&log_level)->default_value("info"), "debug, info, notice, warning or error");
   // clang-format on
   po::variables_map vm;
@@ -187,6 +188,7 @@ std::string describe(const Config& c) {
      << "cuda = " << c.cuda << "\n"
      << "cuda-handle-cache = " << c.cuda_handle_cache << "\n"
      << "cuda-copy-timeout-ms = " << c.cuda_copy_timeout_ms << "\n"
+     << "cuda-linger-us = " << c.cuda_linger_us << "\n"
      << "log-level = " << level_name(c.log_level) << "\n";
   return os.str();
 }

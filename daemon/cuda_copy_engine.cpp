@@ -685,10 +685,15 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
   // After shut_down nothing is polled: ending a copy may close handles, which
   // blocks on a device wedged by a copy that never ends.
   if (stopping_) return std::nullopt;
+  polls_.fetch_add(1, std::memory_order_relaxed);
   auto events = poll_events(all_now);
   auto copies = poll_copies(all_now);
   if (events && copies) return std::min(*events, *copies);
-  return events ? events : copies;
+  if (events || copies) return events ? events : copies;
+  // Nothing to poll: linger awake for the producer's next put, if asked to.
+  if (options_.linger.count() > 0 && std::chrono::steady_clock::now() - last_end_ < options_.linger)
+    return std::chrono::microseconds(0);
+  return std::nullopt;
 }
 
 std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_now) {
@@ -718,6 +723,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       if (done && c.start_known)
         devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, c.start, seen, prompt);
       q.ids.pop_front();
+      last_end_ = seen;
       finish(id, done ? ok_status() : Status(std::move(done).error()));
       if (q.ids.empty()) break;
       // The next copy started when this one ended: known when that was seen

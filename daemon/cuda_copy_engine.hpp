@@ -94,6 +94,9 @@ class CudaCopyEngine final : public CopyEngine {
     // dedicated segment. Pinning takes ~0.1 s per GiB, so this is only ever
     // reached when the engine thread is stuck in a CUDA call.
     std::chrono::milliseconds hook_patience{5000};
+    // After a copy ends, the engine thread keeps polling (without sleeping)
+    // this long before it sleeps: a producer's next put then finds it awake.
+    std::chrono::microseconds linger{0};
   };
 
   /// Discovers the devices. An Error (no_gpu: no driver, no device) when
@@ -135,6 +138,8 @@ class CudaCopyEngine final : public CopyEngine {
   void drain();
   /// The device's learned copy rate in bytes per microsecond; 0 until learned.
   double copy_rate(int device);
+  /// How many times the engine thread has polled (its tick), from any thread.
+  std::uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
   /// What the engine thread is doing, from any thread, for the messages of
@@ -306,6 +311,8 @@ class CudaCopyEngine final : public CopyEngine {
   std::map<std::uint64_t, std::deque<Issue>> waiting_;  // per session, in submission order
   std::map<void*, StreamCopies> on_streams_;  // copies queued on the GPU, per stream
   bool stopping_ = false;  // shut_down ran: nothing is polled any more
+  TimePoint last_end_{};   // when the engine last saw a copy end (Options::linger)
+  std::atomic<std::uint64_t> polls_{0};
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread

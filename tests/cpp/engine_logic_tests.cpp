@@ -441,6 +441,24 @@ TEST_CASE("on a GPU that runs by itself: a copy seen late because the engine thr
   CHECK(next->at - t0 < kSimCopy + 1s);
 }
 
+TEST_CASE("on a GPU that runs by itself: with linger the engine thread keeps polling after a copy ends, else it sleeps") {
+  for (const auto linger : {0us, 200'000us}) {
+    CAPTURE(linger.count());
+    CudaCopyEngine::Options o;
+    o.linger = linger;
+    Rig rig(1, o);
+    rig.api->run_by_itself(kSimRate);
+    auto p = rig.producer(64 * kKiB);
+    auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+    REQUIRE(rig.answered(*out));
+    const std::uint64_t before = rig.engine->polls();
+    std::this_thread::sleep_for(20ms);
+    const std::uint64_t polls = rig.engine->polls() - before;
+    if (linger.count() > 0) CHECK(polls > 100);  // without sleeping: thousands
+    else CHECK(polls < 5);                       // asleep: none
+  }
+}
+
 }  // TEST_SUITE("copy engine timing")
 
 TEST_SUITE("copy engine") {

@@ -113,18 +113,24 @@ POOL_G=${TSHM_GPU_POOL_G:-$POOL_G}
 BENCH_MAX=1G
 ((POOL_G < 4)) && BENCH_MAX=256M
 echo "/dev/shm has $((shm_free >> 20)) MiB free: pool ${POOL_G}G, largest benchmark size $BENCH_MAX"
-set -x
-"$KIT/bin/tensorshmd" --socket "$TENSORSHM_SOCKET" --instance "$INSTANCE" --pool-size "${POOL_G}G" \
-  --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" \
-  --cuda-copy-timeout-ms 10000 --log-level "$DAEMON_LOG_LEVEL" > "$OUT/daemon.log" 2>&1 &
-DAEMON_PID=$!
-set +x
+# start_daemon [extra flags]: starts tensorshmd (appending to daemon.log) and
+# waits until it answers; sets DAEMON_PID and returns 1 if it did not start.
+start_daemon() {
+  set -x
+  "$KIT/bin/tensorshmd" --socket "$TENSORSHM_SOCKET" --instance "$INSTANCE" --pool-size "${POOL_G}G" \
+    --segment-size 2G --max-object-size 4G --pretouch-threads "$JOBS" \
+    --cuda-copy-timeout-ms 10000 --log-level "$DAEMON_LOG_LEVEL" "$@" >> "$OUT/daemon.log" 2>&1 &
+  DAEMON_PID=$!
+  set +x
+  for _ in $(seq 1 1200); do
+    "$KIT/bin/tensorshmctl" ping >/dev/null 2>&1 && return 0
+    kill -0 $DAEMON_PID 2>/dev/null || return 1
+    sleep 0.1
+  done
+  return 1
+}
 ready=0
-for _ in $(seq 1 1200); do
-  if "$KIT/bin/tensorshmctl" ping >/dev/null 2>&1; then ready=1; break; fi
-  kill -0 $DAEMON_PID 2>/dev/null || break
-  sleep 0.1
-done
+start_daemon && ready=1
 cat "$OUT/daemon.log"
 if ((ready)); then
   "$KIT/bin/tensorshmctl" stats
@@ -180,6 +186,17 @@ if [[ $ONLY == bench ]]; then
                     function med(s,   k, x, i, j, t) { k = split(s, x, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }; return x[int((k + 1) / 2)] }
                     END { for (n in c) if (n + 0 >= 1048576) printf "%dM copy %.0f us, answer %.0f us; ", n / 1048576, med(c[n]), med(a[n]) }' "$OUT/daemon.log")
   note "daemon-side timings" "${copy_split:-none logged}"
+  # The same benchmark against a daemon whose engine thread lingers awake
+  # after each copy (--cuda-linger-us), to decide its default.
+  section "bench-cpp again, daemon with --cuda-linger-us 300"
+  kill -TERM $DAEMON_PID; wait $DAEMON_PID
+  if start_daemon --cuda-linger-us 300; then
+    ticks0=$(daemon_ticks); wall0=$SECONDS
+    timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp_linger.txt"
+    note "D2H pool/raw, linger 300us" "$(ratio_list d2h < "$WORK/bench_cpp_linger.txt") (daemon CPU $(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s over %d s", t / hz, w }'))"
+  else
+    note "D2H pool/raw, linger 300us" "daemon did not start (see daemon.log)"
+  fi
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
   note "daemon stop" "exit $?"
