@@ -190,6 +190,21 @@ class Daemon:
     def fd_count(self) -> int:
         return len(os.listdir(f"/proc/{self.pid}/fd"))
 
+    def fds_stable(self, quiet: float = 0.2, timeout: float = 10) -> int:
+        """The descriptor count once it has not changed for `quiet` seconds (a
+        connection that just ended, such as start()'s ping, may still be open in
+        the daemon for a moment), or whatever it is after `timeout`."""
+        deadline = time.monotonic() + timeout
+        n, since = self.fd_count(), time.monotonic()
+        while time.monotonic() < deadline:
+            time.sleep(0.02)
+            m = self.fd_count()
+            if m != n:
+                n, since = m, time.monotonic()
+            elif time.monotonic() - since >= quiet:
+                break
+        return n
+
     def fds_settled(self, expected: int, timeout: float = 10) -> int:
         """The descriptor count once it equals `expected` (connections that just
         ended may still be open in the daemon), or whatever it is after `timeout`."""

@@ -80,7 +80,7 @@ def test_a_client_killed_while_holding_leases_frees_the_versions_only_it_kept(da
 
 def test_a_client_killed_while_waiting_in_get_is_forgotten_and_puts_go_on(daemons, peers):
     d, b, put = start_with_bystander(daemons, peers)
-    fds = d.fd_count()
+    fds = d.fds_stable()
     rng = random.Random(5)
     kills = leaked = 0
     for i in range(12):
@@ -102,7 +102,7 @@ def test_clients_killed_at_random_points_of_random_work_leave_nothing_behind(dae
     d, b, put = start_with_bystander(daemons, peers)
     base = d.quiet(clients=1, leases=1)
     files = shm_files(d.instance)
-    fds = d.fd_count()
+    fds = d.fds_stable()
     rng = random.Random(11)
     kills = 0
     logs = []

@@ -152,7 +152,7 @@ def test_a_flood_of_connections_is_refused_past_the_limit_and_leaves_no_descript
     d = daemons(args=["--max-connections", "256"]).start()
     p = peers(d)
     p.ok("stats")  # connected
-    fds = d.fd_count()
+    fds = d.fds_stable()
     hello_frame = frame_hex("hello")
     socks = []
     for _ in range(1000):
