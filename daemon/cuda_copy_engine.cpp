@@ -325,7 +325,9 @@ void CudaCopyEngine::drain() {
 
 double CudaCopyEngine::copy_rate(int device) {
   double rate = 0;
-  on_engine([&] { rate = devices_.at(static_cast<std::size_t>(device)).clock.rate(); });
+  on_engine([&] {
+    if (device >= 0 && device < device_count()) rate = devices_[static_cast<std::size_t>(device)].clock.rate();
+  });
   return rate;
 }
 
