@@ -39,6 +39,9 @@ class CopyEngine {
   virtual void forget_handle(std::uint64_t session, const std::array<std::uint8_t, 64>& handle) = 0;
   /// The producer disconnected: close its handles once its copies finish.
   virtual void session_closed(std::uint64_t session) = 0;
+  /// Empty while GPU puts can work; otherwise why they cannot (for the
+  /// service status line). Any thread.
+  virtual std::string trouble() const { return {}; }
 };
 
 }  // namespace tensorshm::daemon

@@ -72,6 +72,12 @@ class CudaApi {
   /// no CUDA callback thread, and no wake-up from it, between the end of the
   /// DMA and the answer.
   virtual Status record_event(int device, void* stream, void* event, std::string_view object) = 0;
+
+  /// Empty while CUDA works; once a call failed with an error that poisons
+  /// the process's CUDA context (cudaErrorIllegalAddress, cudaErrorLaunchFailure,
+  /// an uncorrectable ECC error, ...: every later call fails the same way
+  /// until the process restarts), that failure's message. Any thread.
+  virtual std::string lost() const = 0;
 };
 
 /// The implementation over the CUDA runtime (static cudart); only in builds

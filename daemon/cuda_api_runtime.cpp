@@ -9,6 +9,8 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <mutex>
+#include <string>
 
 #include "config.hpp"
 #include "cuda_api.hpp"
@@ -31,13 +33,13 @@ class RuntimeCudaApi final : public CudaApi {
  public:
   Result<int> device_count() override {
     int n = 0;
-    TSHM_TRY(cuda_call("cudaGetDeviceCount", "discovery", [&] { return cudaGetDeviceCount(&n); }));
+    TSHM_TRY(call("cudaGetDeviceCount", "discovery", [&] { return cudaGetDeviceCount(&n); }));
     return n;
   }
 
   Result<DeviceUuid> device_uuid(int device) override {
     cudaDeviceProp prop{};
-    TSHM_TRY(cuda_call("cudaGetDeviceProperties", "device " + std::to_string(device),
+    TSHM_TRY(call("cudaGetDeviceProperties", "device " + std::to_string(device),
                        [&] { return cudaGetDeviceProperties(&prop, device); }));
     DeviceUuid u{};
     std::memcpy(u.data(), prop.uuid.bytes, u.size());
@@ -53,36 +55,36 @@ class RuntimeCudaApi final : public CudaApi {
   Result<void*> create_stream(int device) override {
     TSHM_TRY(use(device));
     cudaStream_t s = nullptr;
-    TSHM_TRY(cuda_call("cudaStreamCreateWithFlags", "copy stream of device " + std::to_string(device),
+    TSHM_TRY(call("cudaStreamCreateWithFlags", "copy stream of device " + std::to_string(device),
                        [&] { return cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking); }));
     return static_cast<void*>(s);
   }
 
   Status destroy_stream(int device, void* stream) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaStreamDestroy", "copy stream", [&] { return cudaStreamDestroy(as_stream(stream)); });
+    return call("cudaStreamDestroy", "copy stream", [&] { return cudaStreamDestroy(as_stream(stream)); });
   }
 
   Result<bool> stream_done(int device, void* stream) override {
     TSHM_TRY(use(device));
     const cudaError_t e = cudaStreamQuery(as_stream(stream));
     if (e == cudaErrorNotReady) return false;
-    TSHM_TRY(cuda_call("cudaStreamQuery", "copy stream", [&] { return e; }));
+    TSHM_TRY(call("cudaStreamQuery", "copy stream", [&] { return e; }));
     return true;
   }
 
   Status register_host(void* p, std::size_t bytes, std::string_view what) override {
-    return cuda_call("cudaHostRegister", what, [&] { return cudaHostRegister(p, bytes, cudaHostRegisterPortable); });
+    return call("cudaHostRegister", what, [&] { return cudaHostRegister(p, bytes, cudaHostRegisterPortable); });
   }
 
   Status unregister_host(void* p, std::string_view what) override {
-    return cuda_call("cudaHostUnregister", what, [&] { return cudaHostUnregister(p); });
+    return call("cudaHostUnregister", what, [&] { return cudaHostUnregister(p); });
   }
 
   Result<void*> open_mem_handle(int device, const IpcBytes& handle, std::string_view object) override {
     TSHM_TRY(use(device));
     void* base = nullptr;
-    TSHM_TRY(cuda_call("cudaIpcOpenMemHandle", object, [&] {
+    TSHM_TRY(call("cudaIpcOpenMemHandle", object, [&] {
       return cudaIpcOpenMemHandle(&base, from_bytes<cudaIpcMemHandle_t>(handle), cudaIpcMemLazyEnablePeerAccess);
     }));
     return base;
@@ -90,34 +92,34 @@ class RuntimeCudaApi final : public CudaApi {
 
   Status close_mem_handle(int device, void* base) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaIpcCloseMemHandle", "producer allocation", [&] { return cudaIpcCloseMemHandle(base); });
+    return call("cudaIpcCloseMemHandle", "producer allocation", [&] { return cudaIpcCloseMemHandle(base); });
   }
 
   Result<void*> open_event_handle(int device, const IpcBytes& handle, std::string_view object) override {
     TSHM_TRY(use(device));
     cudaEvent_t ev = nullptr;
-    TSHM_TRY(cuda_call("cudaIpcOpenEventHandle", object,
+    TSHM_TRY(call("cudaIpcOpenEventHandle", object,
                        [&] { return cudaIpcOpenEventHandle(&ev, from_bytes<cudaIpcEventHandle_t>(handle)); }));
     return static_cast<void*>(ev);
   }
 
   Status destroy_event(int device, void* event) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaEventDestroy", "event", [&] { return cudaEventDestroy(as_event(event)); });
+    return call("cudaEventDestroy", "event", [&] { return cudaEventDestroy(as_event(event)); });
   }
 
   Result<bool> query_event(int device, void* event, std::string_view object) override {
     TSHM_TRY(use(device));
     const cudaError_t e = cudaEventQuery(as_event(event));
     if (e == cudaErrorNotReady) return false;
-    TSHM_TRY(cuda_call("cudaEventQuery", object, [&] { return e; }));
+    TSHM_TRY(call("cudaEventQuery", object, [&] { return e; }));
     return true;
   }
 
   Status copy_to_host(int device, void* stream, void* dst, const void* src, std::size_t bytes,
                       std::string_view object) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaMemcpyAsync", object, [&] {
+    return call("cudaMemcpyAsync", object, [&] {
       return cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, as_stream(stream));
     });
   }
@@ -125,17 +127,33 @@ class RuntimeCudaApi final : public CudaApi {
   Result<void*> create_event(int device, std::string_view object) override {
     TSHM_TRY(use(device));
     cudaEvent_t ev = nullptr;
-    TSHM_TRY(cuda_call("cudaEventCreateWithFlags", object,
+    TSHM_TRY(call("cudaEventCreateWithFlags", object,
                        [&] { return cudaEventCreateWithFlags(&ev, cudaEventDisableTiming); }));
     return static_cast<void*>(ev);
   }
 
   Status record_event(int device, void* stream, void* event, std::string_view object) override {
     TSHM_TRY(use(device));
-    return cuda_call("cudaEventRecord", object, [&] { return cudaEventRecord(as_event(event), as_stream(stream)); });
+    return call("cudaEventRecord", object, [&] { return cudaEventRecord(as_event(event), as_stream(stream)); });
+  }
+
+  std::string lost() const override {
+    std::lock_guard lk(lost_mu_);
+    return lost_;
   }
 
  private:
+  /// cuda_call, noting the first error that poisons the context.
+  template <class Fn>
+  Status call(std::string_view name, std::string_view object, Fn&& fn) {
+    const cudaError_t e = fn();
+    if (e != cudaSuccess && cuda_poisons_context(e)) {
+      std::lock_guard lk(lost_mu_);
+      if (lost_.empty()) lost_ = cuda_error(name, object, e).message;
+    }
+    return cuda_call(name, object, [e] { return e; });
+  }
+
   static cudaStream_t as_stream(void* p) { return static_cast<cudaStream_t>(p); }
   static cudaEvent_t as_event(void* p) { return static_cast<cudaEvent_t>(p); }
 
@@ -150,6 +168,8 @@ class RuntimeCudaApi final : public CudaApi {
   }
 
   std::map<int, std::string> name_cache_;
+  mutable std::mutex lost_mu_;
+  std::string lost_;  // the first failure that poisoned the context; empty: none
 };
 
 }  // namespace

@@ -569,9 +569,26 @@ void CudaCopyEngine::submit(Request request, Done done) {
   });
 }
 
+std::string CudaCopyEngine::trouble() const {
+  const std::string lost = api_->lost();
+  return lost.empty() ? std::string() : "GPU context lost: " + lost;
+}
+
+namespace {
+
+/// What a put hears once the CUDA context is lost.
+std::string lost_context_hint(const std::string& lost) {
+  return "this daemon's CUDA context is lost since " + lost +
+         "; every GPU put fails until tensorshmd restarts (systemctl restart tensorshmd); CPU puts and gets go on";
+}
+
+}  // namespace
+
 Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object,
                              const std::shared_ptr<std::atomic<int>>& state) {
   if (state->load() == PutState::cancelled) return ok_status();  // timed out before its turn: answered
+  if (const std::string lost = api_->lost(); !lost.empty())
+    return Error{Errc::cuda_error, object + ": " + lost_context_hint(lost)};
   auto dev = device_for(r, object);
   if (!dev) return std::move(dev).error();
   const Region* region = region_for(r.dst, r.nbytes);
@@ -939,7 +956,9 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
     devices_[static_cast<std::size_t>(it->second.device)].idle_events.push_back(event);
   if (!it->second.queue_error) status = std::move(it->second.queue_error);
   if (!status) {
-    status = Error{status.error().code, it->second.object + ": the device-to-host copy failed: " + status.error().message};
+    std::string why = it->second.object + ": the device-to-host copy failed: " + status.error().message;
+    if (const std::string lost = api_->lost(); !lost.empty()) why += "; " + lost_context_hint(lost);
+    status = Error{status.error().code, std::move(why)};
     log::warning(status.error().message);
   } else if (log::enabled(LogLevel::debug)) {
     const Copy& c = it->second;

@@ -111,6 +111,8 @@ class CudaCopyEngine final : public CopyEngine {
   void submit(Request request, Done done) override;
   void forget_handle(std::uint64_t session, const std::array<std::uint8_t, 64>& handle) override;
   void session_closed(std::uint64_t session) override;
+  /// "GPU context lost: <the call that lost it>" once CudaApi::lost() says so.
+  std::string trouble() const override;
 
   /// Pins [base, base + bytes) in chunks of at most options.pin_chunk. When
   /// pinning fails the region is left pageable (logged once) and copies into

@@ -97,6 +97,17 @@ void HostCudaApi::unstall() {
   progress_.notify_all();
 }
 
+void HostCudaApi::lose_context_on_next_copy() {
+  std::lock_guard lk(mu_);
+  fail_copy_when_run_ = true;
+  lose_context_when_run_ = true;
+}
+
+std::string HostCudaApi::lost() const {
+  std::lock_guard lk(mu_);
+  return lost_;
+}
+
 void HostCudaApi::fail_next_copy_when_run() {
   std::lock_guard lk(mu_);
   fail_copy_when_run_ = true;
@@ -144,6 +155,7 @@ void HostCudaApi::run_op(Stream& s, Op& op) {
   if (fail_copy_when_run_) {
     fail_copy_when_run_ = false;
     s.error = simulated("cudaMemcpyAsync", "stream work", "cudaErrorIllegalAddress");
+    if (std::exchange(lose_context_when_run_, false)) lost_ = s.error.error().message;
   } else {
     std::memcpy(op.dst, op.src, op.bytes);
   }
@@ -284,6 +296,7 @@ void HostCudaApi::maybe_block(const std::string& call) {
 // ---- CudaApi ------------------------------------------------------------------
 
 Status HostCudaApi::injected(const std::string& call, std::string_view object) {
+  if (!lost_.empty()) return simulated(call, object, "cudaErrorIllegalAddress");
   auto it = failures_.find(call);
   if (it == failures_.end()) return ok_status();
   Error e = simulated(call, object, it->second);

@@ -59,6 +59,9 @@ class HostCudaApi final : public CudaApi {
   /// The next copy fails when its stream runs it (an asynchronous error): the
   /// event recorded after it reports the error.
   void fail_next_copy_when_run();
+  /// As fail_next_copy_when_run, with an error that poisons the context:
+  /// lost() says so from then on, and every later call fails with it.
+  void lose_context_on_next_copy();
   /// The next copy queued never finishes until unstall(): its stream stops
   /// there, as behind a DMA that does not end.
   void stall_next_copy();
@@ -105,6 +108,7 @@ class HostCudaApi final : public CudaApi {
                       std::string_view object) override;
   Result<void*> create_event(int device, std::string_view object) override;
   Status record_event(int device, void* stream, void* event, std::string_view object) override;
+  std::string lost() const override;
 
  private:
   struct EventState {
@@ -164,6 +168,8 @@ class HostCudaApi final : public CudaApi {
   std::map<const void*, std::size_t> registered_;
   std::map<std::string, std::string> failures_;
   bool fail_copy_when_run_ = false;
+  bool lose_context_when_run_ = false;
+  std::string lost_;  // set when a copy lost the context
   bool stall_next_ = false;
   bool unstalled_ = false;
   std::string block_call_;      // block_next's call, until it comes

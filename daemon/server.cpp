@@ -37,6 +37,7 @@ Server::~Server() {
 }
 
 int Server::cuda_devices() const noexcept { return engine_ ? engine_->device_count() : 0; }
+std::string Server::gpu_trouble() const { return engine_ ? engine_->trouble() : std::string(); }
 
 double Server::uptime_s() const {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - started_).count();

@@ -64,6 +64,8 @@ class Server {
   /// True once stop() began.
   bool stopping() const noexcept { return stopping_; }
   int cuda_devices() const noexcept;
+  /// Why GPU puts cannot work now (the copy engine's trouble()); empty when they can.
+  std::string gpu_trouble() const;
 
   /// Sessions call this when they end.
   void forget(std::uint64_t session_id, std::uint32_t uid);

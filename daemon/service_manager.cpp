@@ -83,6 +83,7 @@ std::string ServiceManager::describe(Server& server) {
                   human_bytes(total) + " pool used (" + std::to_string(percent) + "%), " +
                   human_bytes(pool.dedicated_bytes()) + " in dedicated segments";
   if (const int gpus = server.cuda_devices(); gpus > 0) s += ", " + counted(gpus, "GPU", "GPUs");
+  if (const std::string trouble = server.gpu_trouble(); !trouble.empty()) s += " (" + trouble + ")";
   return s;
 }
 

@@ -499,6 +499,29 @@ TEST_CASE("when no event can be recorded after a copy its end is polled on the s
   }
 }
 
+TEST_CASE("a copy that poisons the CUDA context fails, and later GPU puts fail at once saying tensorshmd must restart") {
+  Rig rig;
+  auto p = rig.producer(16 * kKiB);
+  CHECK(rig.engine->trouble().empty());
+  rig.api->lose_context_on_next_copy();  // as cudaErrorIllegalAddress would
+  auto failed = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+  rig.settle();
+  REQUIRE(failed->done());
+  CHECK(failed->message().find("device-to-host copy failed") != std::string::npos);
+  CHECK(failed->message().find("cudaErrorIllegalAddress") != std::string::npos);
+  CHECK(failed->message().find("every GPU put fails until tensorshmd restarts") != std::string::npos);
+  CHECK(rig.engine->trouble().find("GPU context lost: cudaMemcpyAsync") == 0);
+  const auto opens = rig.api->mem_opens();
+  const auto copies = rig.api->copies_run();
+  auto next = rig.submit(rig.request(2, p, 64 * kKiB, 16 * kKiB));
+  rig.settle();
+  REQUIRE(next->done());
+  CHECK(next->message().find("put 'cam/2': this daemon's CUDA context is lost since cudaMemcpyAsync") == 0);
+  CHECK(next->message().find("systemctl restart tensorshmd") != std::string::npos);
+  CHECK(rig.api->mem_opens() == opens);  // failed before touching CUDA
+  CHECK(rig.api->copies_run() == copies);
+}
+
 TEST_CASE("a copy that cannot be queued is reported and leaves its handle closable") {
   Rig rig;
   auto p = rig.producer(16 * kKiB);

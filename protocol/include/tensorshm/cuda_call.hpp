@@ -21,6 +21,27 @@ inline bool cuda_means_no_gpu(cudaError_t e) noexcept {
          e == cudaErrorSystemDriverMismatch;
 }
 
+/// True for the errors that poison the process's CUDA context: every later
+/// call fails the same way until the process restarts (CUDA runtime API
+/// documentation of each: "the process must be terminated and relaunched").
+inline bool cuda_poisons_context(cudaError_t e) noexcept {
+  switch (e) {
+    case cudaErrorECCUncorrectable:
+    case cudaErrorIllegalAddress:
+    case cudaErrorLaunchTimeout:
+    case cudaErrorAssert:
+    case cudaErrorHardwareStackError:
+    case cudaErrorIllegalInstruction:
+    case cudaErrorMisalignedAddress:
+    case cudaErrorInvalidAddressSpace:
+    case cudaErrorInvalidPc:
+    case cudaErrorLaunchFailure:
+      return true;
+    default:
+      return false;
+  }
+}
+
 /// "<call>(<object>): cudaErrorX: <description> (error N)", with Errc::no_gpu
 /// for the no-GPU errors and Errc::cuda_error for the others.
 inline Error cuda_error(std::string_view call, std::string_view object, cudaError_t e) {
