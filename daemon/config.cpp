@@ -162,6 +162,9 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
   if (c.cuda != "auto" && c.cuda != "off")
     return Error{Errc::invalid_argument, "cuda: '" + c.cuda + "' is not one of auto, off"};
   if (c.socket_path.empty()) return Error{Errc::invalid_argument, "socket: empty path"};
+  if (c.cuda_linger_us > 100000)
+    return Error{Errc::invalid_argument, "cuda-linger-us: " + std::to_string(c.cuda_linger_us) +
+                                             " is more than 100000 (100 ms of spinning after every GPU copy)"};
   return c;
 }
 

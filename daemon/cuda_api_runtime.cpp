@@ -148,8 +148,14 @@ class RuntimeCudaApi final : public CudaApi {
   Status call(std::string_view name, std::string_view object, Fn&& fn) {
     const cudaError_t e = fn();
     if (e != cudaSuccess && cuda_poisons_context(e)) {
+      // Every later put hears this, whoever sent it: the call and the error,
+      // not the object (another user's name); the log has the whole message.
       std::lock_guard lk(lost_mu_);
-      if (lost_.empty()) lost_ = cuda_error(name, object, e).message;
+      if (lost_.empty()) {
+        lost_ = std::string(name) + ": " + cudaGetErrorName(e) + " (error " + std::to_string(static_cast<int>(e)) + ")";
+        log::error("the CUDA context is lost: ", cuda_error(name, object, e).message,
+                   "; GPU puts fail until tensorshmd restarts");
+      }
     }
     return cuda_call(name, object, [e] { return e; });
   }

@@ -157,8 +157,8 @@ class JobThread {
       {
         std::unique_lock lk(mu_);
         const auto ready = [&] { return closed_ || !jobs_.empty(); };
-        if (next) cv_.wait_for(lk, *next, ready);
-        else cv_.wait(lk, ready);
+        if (!next) cv_.wait(lk, ready);
+        else if (next->count() > 0) cv_.wait_for(lk, *next, ready);  // zero: poll again at once
         if (jobs_.empty() && closed_) return;  // closed and drained
         if (!jobs_.empty()) {
           job = std::move(jobs_.front());
@@ -731,7 +731,8 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
         wait(plan.delay);
         break;
       }
-      Result<bool> done = head_done(q);
+      bool own_event = false;  // the answer came from the head's own event
+      Result<bool> done = head_done(q, own_event);
       const auto seen = std::chrono::steady_clock::now();
       if (done && !*done) {
         c.last_look = seen;
@@ -739,10 +740,12 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
         break;
       }
       const bool prompt = c.last_look != TimePoint{} && CopyClock::prompt(c.start, c.last_look, seen);
-      if (done && c.start_known)
+      // A bound (not prompt) teaches only when the start is the copy's own
+      // issue: a start taken from the end of the copy before is itself up to
+      // that end's slack late.
+      if (done && own_event && c.start_known && (prompt || c.start == c.issued))
         devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, c.start, seen, prompt);
       q.ids.pop_front();
-      last_end_ = seen;
       finish(id, done ? ok_status() : Status(std::move(done).error()));
       if (q.ids.empty()) break;
       // The next copy started when this one ended: known when that was seen
@@ -758,14 +761,15 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
   return next;
 }
 
-Result<bool> CudaCopyEngine::head_done(const StreamCopies& q) {
+Result<bool> CudaCopyEngine::head_done(const StreamCopies& q, bool& own_event) {
   // A stream runs its work in order: the end of any later copy is this one's
   // too. Without an event (none could be made or recorded), the next copy's
   // is the nearest sign; the stream's own state (all its work done) the last.
   for (const std::uint64_t id : q.ids) {
     const Copy& c = copies_.at(id);
-    if (c.done_event != nullptr)
-      return watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); });
+    if (c.done_event == nullptr) continue;
+    own_event = id == q.ids.front();
+    return watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); });
   }
   const Copy& head = copies_.at(q.ids.front());
   return watched("cudaStreamQuery", head.object, [&] { return api_->stream_done(head.device, head.stream); });
@@ -793,7 +797,9 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events(bool all_no
         }
         auto done = watched("cudaEventQuery", w.object, [&] { return api_->query_event(w.device, w.event, w.object); });
         if (!done) {
-          drop(w, Error{done.error().code, w.object + ": waiting for the producer's event: " + done.error().message});
+          std::string why = w.object + ": waiting for the producer's event: " + done.error().message;
+          if (const std::string lost = api_->lost(); !lost.empty()) why += "; " + lost_context_hint(lost);
+          drop(w, Error{done.error().code, std::move(why)});
           queue.pop_front();
           continue;
         }
@@ -952,6 +958,7 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
   // Engine thread: the stream passed the copy.
   auto it = copies_.find(copy_id);
   if (it == copies_.end()) return;
+  last_end_ = std::chrono::steady_clock::now();  // Options::linger counts from here
   if (void* event = std::exchange(it->second.done_event, nullptr); event != nullptr)
     devices_[static_cast<std::size_t>(it->second.device)].idle_events.push_back(event);
   if (!it->second.queue_error) status = std::move(it->second.queue_error);
@@ -1033,7 +1040,7 @@ void CudaCopyEngine::session_closed(std::uint64_t session) {
     it->second.closed = true;
     // Puts still waiting for the producer's event are dropped: a producer
     // that is gone never completes its work (ready ones are issued first).
-    poll_events();
+    poll_events(/*all_now=*/true);
     if (auto w = waiting_.find(session); w != waiting_.end()) {
       auto queue = std::move(w->second);
       waiting_.erase(w);

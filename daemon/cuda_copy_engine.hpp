@@ -263,7 +263,7 @@ class CudaCopyEngine final : public CopyEngine {
   std::optional<std::chrono::microseconds> poll_copies(bool all_now);
   /// Whether the copy at the head of `q` has ended: its event, or (when it
   /// has none) the next copy's on the stream, or the stream itself.
-  Result<bool> head_done(const StreamCopies& q);
+  Result<bool> head_done(const StreamCopies& q, bool& own_event);
   /// Releases a put that will never be copied (cancelled, failed, producer
   /// gone); answers it with `status` unless `status` is ok (already answered).
   void abandon(Issue& w, Status status);

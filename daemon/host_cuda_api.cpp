@@ -138,6 +138,10 @@ std::size_t HostCudaApi::run_stream(Stream& s) {
   while (!s.ops.empty()) {
     Op& op = s.ops.front();
     if (op.stalled && !unstalled_) break;
+    // Running by itself, a copy ends at its due time, whoever looks.
+    if (bytes_per_us_ > 0 && op.kind == Op::copy &&
+        (op.due == std::chrono::steady_clock::time_point{} || std::chrono::steady_clock::now() < op.due))
+      break;
     run_op(s, op);
     s.ops.pop_front();
     ++n;
@@ -151,14 +155,20 @@ void HostCudaApi::run_op(Stream& s, Op& op) {
     op.event->error = std::exchange(s.error, ok_status());
     return;
   }
-  if (std::exchange(op.copied, true)) return;
+  // Failures happen when the copy runs (its due time, running by itself),
+  // even when its bytes moved at issue (move_bytes).
   if (fail_copy_when_run_) {
     fail_copy_when_run_ = false;
     s.error = simulated("cudaMemcpyAsync", "stream work", "cudaErrorIllegalAddress");
-    if (std::exchange(lose_context_when_run_, false)) lost_ = s.error.error().message;
-  } else {
-    std::memcpy(op.dst, op.src, op.bytes);
+    if (std::exchange(lose_context_when_run_, false)) lost_ = "cudaMemcpyAsync: cudaErrorIllegalAddress (host simulation)";
+    return;
   }
+  move_bytes(op);
+}
+
+void HostCudaApi::move_bytes(Op& op) {
+  if (std::exchange(op.copied, true)) return;
+  std::memcpy(op.dst, op.src, op.bytes);
   ++copies_run_;
   const bool pinned = registered_locked(op.dst, op.bytes);
   // A destination that is partly registered straddles registrations.
@@ -455,7 +465,7 @@ Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, 
   // Running by itself, the bytes move now, on the caller's thread (a memcpy
   // under a sanitizer can take longer than the simulated copy, and must not
   // hold up the simulation); the copy still ends at its due time.
-  if (bytes_per_us_ > 0 && !op.stalled) run_op(*s, op);
+  if (bytes_per_us_ > 0 && !op.stalled) move_bytes(op);
   const std::uint64_t seq = op.seq;
   s->ops.push_back(std::move(op));
   if (registered_locked(dst, bytes)) return ok_status();

@@ -149,6 +149,8 @@ class HostCudaApi final : public CudaApi {
   std::size_t run_stream(Stream& s);
   /// Runs the op at the head of `s` (the caller pops it).
   void run_op(Stream& s, Op& op);
+  /// The memcpy of a copy op, once.
+  void move_bytes(Op& op);
   void run_by_itself_loop();
   std::size_t run_locked();
   bool registered_locked(const void* p, std::size_t n) const;

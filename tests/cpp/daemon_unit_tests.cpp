@@ -701,6 +701,16 @@ TEST_CASE("a_missing_or_malformed_config_file_is_a_usage_error") {
   CHECK_FALSE(parse({"--config", unknown_key.path}).has_value());
 }
 
+TEST_CASE("cuda_linger_above_100_ms_is_a_usage_error_and_up_to_it_is_taken") {
+  auto ok = parse({"--cuda-linger-us", "300"});
+  REQUIRE(ok.has_value());
+  CHECK(ok->cuda_linger_us == 300);
+  auto too_long = parse({"--cuda-linger-us", "100001"});
+  REQUIRE_FALSE(too_long.has_value());
+  CHECK(too_long.error().message.find("cuda-linger-us: 100001 is more than 100000") != std::string::npos);
+  CHECK_FALSE(parse({"--cuda-linger-us", "-1"}).has_value());
+}
+
 TEST_CASE("help_documents_every_key") {
   std::string help;
   auto c = parse({"--help"}, &help);
