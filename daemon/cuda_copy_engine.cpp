@@ -229,11 +229,13 @@ auto CudaCopyEngine::watched(const char* call, std::string_view object, Fn&& fn)
   return result;
 }
 
-std::optional<std::string> CudaCopyEngine::stuck_call() const {
+std::optional<std::string> CudaCopyEngine::stuck_call(std::string_view told) const {
   std::lock_guard lk(activity_.mu);
   if (activity_.call == nullptr) return std::nullopt;
   std::string out = std::string("the engine thread has been in ") + activity_.call + " (";
-  out.append(activity_.object);
+  // A client hears the name of its own put, never another's (another user's).
+  if (!told.empty() && activity_.object != told && activity_.object.starts_with("put '")) out.append("another put");
+  else out.append(activity_.object);
   return out + ") for " + std::to_string(static_cast<long long>(ms_since(activity_.since))) + " ms";
 }
 
@@ -1000,7 +1002,7 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
   if (node.empty()) return;
   Pending& p = *node.mapped();
   const std::string ms = std::to_string(options_.copy_timeout.count());
-  const std::optional<std::string> stuck = stuck_call();
+  const std::optional<std::string> stuck = stuck_call(p.object);
   if (claim(*p.state, PutState::cancelled)) {
     // Nothing was queued on the GPU: the engine thread drops the put when it
     // next looks at it, and the destination is freed as for any failed put.
@@ -1010,7 +1012,7 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
                   : p.object + ": the producer's GPU work before the put did not complete within " + ms +
                         " ms (its event never completed: the producer may have died, or a kernel of it "
                         "hangs); nothing was copied"};
-    log::warning(e.message);
+    log::warning(e.message, stuck ? " (" + engine_activity() + ")" : std::string());
     p.done(std::move(e));
     return;
   }
@@ -1019,7 +1021,7 @@ void CudaCopyEngine::time_out(std::uint64_t copy_id) {
   Error e{Errc::cuda_error, p.object + ": the device-to-host copy did not complete within " + ms +
                                 " ms; the producer may have died mid-copy (its destination is quarantined until "
                                 "tensorshmd restarts)"};
-  log::warning(e.message, " (", stuck.value_or("the engine thread is not in a CUDA call"), ")");
+  log::warning(e.message, " (", engine_activity(), ")");
   p.done(std::move(e));
 }
 

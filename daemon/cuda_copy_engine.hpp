@@ -272,8 +272,10 @@ class CudaCopyEngine final : public CopyEngine {
   void drop(Issue& w, Error why);
   /// Moves a put from waiting to `to`; false when the other thread moved it first.
   static bool claim(std::atomic<int>& state, PutState to);
-  /// engine_activity() when the engine thread is in a CUDA call, else nullopt.
-  std::optional<std::string> stuck_call() const;
+  /// engine_activity() when the engine thread is in a CUDA call, else
+  /// nullopt. With `told` (the put whose producer hears it), another put's
+  /// object is not named.
+  std::optional<std::string> stuck_call(std::string_view told = {}) const;
   void add_region_now(std::uint32_t id, std::byte* base, std::uint64_t bytes, const std::string& what);
   void remove_region_now(std::uint32_t id);
   bool shut_down();

@@ -907,6 +907,28 @@ TEST_CASE("with the engine thread stuck in a CUDA call, the io thread keeps runn
   CHECK(rig.api->mem_handles_open() == 0);
 }
 
+TEST_CASE("a put timed out behind another put's stuck CUDA call is not told that put's name") {
+  CudaCopyEngine::Options o;
+  o.copy_timeout = 250ms;
+  Rig rig(1, o);
+  auto p = rig.producer(4 * kKiB);
+  rig.api->block_next("cudaIpcOpenMemHandle");
+  auto mine = rig.submit(rig.request(1, p, 0, 4 * kKiB));
+  REQUIRE(rig.poll_io_until([&] { return rig.api->blocked(); }));
+  auto theirs = rig.submit(rig.request(2, p, 8 * kKiB, 4 * kKiB));  // another connection, maybe another user
+  REQUIRE(rig.poll_io_until([&] { return mine->done() && theirs->done(); }));
+  CHECK(mine->message().find("the engine thread has been in cudaIpcOpenMemHandle (put 'cam/1')") != std::string::npos);
+  CHECK(theirs->message().find("put 'cam/2': the copy could not be started within 250 ms: the engine thread has "
+                               "been in cudaIpcOpenMemHandle (another put)") == 0);
+  CHECK(theirs->message().find("cam/1") == std::string::npos);
+  rig.api->unblock();
+  rig.settle();
+  rig.engine->session_closed(1);
+  rig.engine->session_closed(2);
+  rig.settle();
+  CHECK(rig.api->mem_handles_open() == 0);
+}
+
 TEST_CASE("destroying the engine while its thread is stuck in a CUDA call returns after a bounded wait") {
   CudaCopyEngine::Options o;
   o.shutdown_patience = 50ms;
