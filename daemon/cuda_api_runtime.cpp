@@ -9,6 +9,7 @@
 #include <cstring>
 #include <map>
 #include <memory>
+#include <atomic>
 #include <mutex>
 #include <string>
 
@@ -138,6 +139,7 @@ class RuntimeCudaApi final : public CudaApi {
   }
 
   std::string lost() const override {
+    if (!is_lost_.load(std::memory_order_acquire)) return {};  // every put asks: no lock, no copy
     std::lock_guard lk(lost_mu_);
     return lost_;
   }
@@ -153,6 +155,7 @@ class RuntimeCudaApi final : public CudaApi {
       std::lock_guard lk(lost_mu_);
       if (lost_.empty()) {
         lost_ = std::string(name) + ": " + cudaGetErrorName(e) + " (error " + std::to_string(static_cast<int>(e)) + ")";
+        is_lost_.store(true, std::memory_order_release);
         log::error("the CUDA context is lost: ", cuda_error(name, object, e).message,
                    "; GPU puts fail until tensorshmd restarts");
       }
@@ -176,6 +179,7 @@ class RuntimeCudaApi final : public CudaApi {
   std::map<int, std::string> name_cache_;
   mutable std::mutex lost_mu_;
   std::string lost_;  // the first failure that poisoned the context; empty: none
+  std::atomic<bool> is_lost_{false};  // lost_ is set
 };
 
 }  // namespace

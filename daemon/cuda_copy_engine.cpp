@@ -665,10 +665,10 @@ void CudaCopyEngine::issue(Issue& w) {
   c.stream = w.stream;
   c.done_event = mark_end(d, c);
   StreamCopies& on_stream = on_streams_[w.stream];
-  c.start_known = on_stream.ids.empty();
-  c.start = c.start_known ? c.issued : std::max(c.issued, copies_.at(on_stream.ids.back()).expected_end);
+  c.start_known = on_stream.empty();
+  c.start = c.start_known ? c.issued : std::max(c.issued, copies_.at(on_stream.back()).expected_end);
   c.expected_end = c.start + d.clock.predict(c.bytes);
-  on_stream.ids.push_back(id);
+  on_stream.push_back(id);
 }
 
 void* CudaCopyEngine::mark_end(Device& d, Copy& c) {
@@ -724,8 +724,8 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
   for (auto it = on_streams_.begin(); it != on_streams_.end();) {
     StreamCopies& q = it->second;
     bool look_now = all_now;
-    while (!q.ids.empty()) {
-      const std::uint64_t id = q.ids.front();
+    while (!q.empty()) {
+      const std::uint64_t id = q.front();
       Copy& c = copies_.at(id);
       const auto now = std::chrono::steady_clock::now();
       const CopyClock::Plan plan = CopyClock::plan(now, c.start, c.expected_end, c.bytes, c.last_look);
@@ -747,18 +747,18 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       // that end's slack late.
       if (done && own_event && c.start_known && (prompt || c.start == c.issued))
         devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, c.start, seen, prompt);
-      q.ids.pop_front();
+      q.pop_front();
       finish(id, done ? ok_status() : Status(std::move(done).error()));
-      if (q.ids.empty()) break;
+      if (q.empty()) break;
       // The next copy started when this one ended: known when that was seen
       // promptly. It may have ended too: look at once.
-      Copy& head = copies_.at(q.ids.front());
+      Copy& head = copies_.at(q.front());
       head.start = std::max(head.issued, seen);
       head.start_known = done && prompt;
       head.expected_end = head.start + devices_[static_cast<std::size_t>(head.device)].clock.predict(head.bytes);
       look_now = true;
     }
-    it = q.ids.empty() ? on_streams_.erase(it) : std::next(it);
+    it = q.empty() ? on_streams_.erase(it) : std::next(it);
   }
   return next;
 }
@@ -767,13 +767,13 @@ Result<bool> CudaCopyEngine::head_done(const StreamCopies& q, bool& own_event) {
   // A stream runs its work in order: the end of any later copy is this one's
   // too. Without an event (none could be made or recorded), the next copy's
   // is the nearest sign; the stream's own state (all its work done) the last.
-  for (const std::uint64_t id : q.ids) {
+  for (const std::uint64_t id : q) {
     const Copy& c = copies_.at(id);
     if (c.done_event == nullptr) continue;
-    own_event = id == q.ids.front();
+    own_event = id == q.front();
     return watched("cudaEventQuery", c.object, [&] { return api_->query_event(c.device, c.done_event, c.object); });
   }
-  const Copy& head = copies_.at(q.ids.front());
+  const Copy& head = copies_.at(q.front());
   return watched("cudaStreamQuery", head.object, [&] { return api_->stream_done(head.device, head.stream); });
 }
 

@@ -204,9 +204,7 @@ class CudaCopyEngine final : public CopyEngine {
     TimePoint expected_end{};
     TimePoint last_look{};  // the last query that found it not done; {}: none
   };
-  struct StreamCopies {  // engine thread: copies queued on one stream, oldest first
-    std::deque<std::uint64_t> ids;
-  };
+  using StreamCopies = std::deque<std::uint64_t>;  // engine thread: copies queued on one stream, oldest first
   struct Pending;  // io thread: a put not answered yet
   // Who owns a put: the engine thread moves it from waiting to issued before
   // it queues the copy; the io thread's timeout moves it from waiting to

@@ -138,10 +138,14 @@ std::size_t HostCudaApi::run_stream(Stream& s) {
   while (!s.ops.empty()) {
     Op& op = s.ops.front();
     if (op.stalled && !unstalled_) break;
-    // Running by itself, a copy ends at its due time, whoever looks.
-    if (bytes_per_us_ > 0 && op.kind == Op::copy &&
-        (op.due == std::chrono::steady_clock::time_point{} || std::chrono::steady_clock::now() < op.due))
-      break;
+    // Running by itself, a copy ends bytes / bytes_per_us after it reaches
+    // the head of its stream, whoever looks.
+    if (bytes_per_us_ > 0 && op.kind == Op::copy) {
+      const auto now = std::chrono::steady_clock::now();
+      if (op.due == std::chrono::steady_clock::time_point{})
+        op.due = now + std::chrono::microseconds(static_cast<std::int64_t>(static_cast<double>(op.bytes) / bytes_per_us_));
+      if (now < op.due) break;
+    }
     run_op(s, op);
     s.ops.pop_front();
     ++n;
@@ -191,21 +195,7 @@ void HostCudaApi::run_by_itself_loop() {
     {
       std::lock_guard lk(mu_);
       if (stop_) return;
-      const auto now = std::chrono::steady_clock::now();
-      for (auto* s : streams_)
-        while (!s->ops.empty()) {
-          Op& op = s->ops.front();
-          if (op.stalled && !unstalled_) break;
-          if (op.kind == Op::copy) {
-            if (op.due == std::chrono::steady_clock::time_point{})
-              op.due = now + std::chrono::microseconds(
-                                 static_cast<std::int64_t>(static_cast<double>(op.bytes) / bytes_per_us_));
-            if (now < op.due) break;
-          }
-          run_op(*s, op);
-          s->ops.pop_front();
-          ++ran;
-        }
+      ran = run_locked();
     }
     if (ran > 0) progress_.notify_all();
     std::this_thread::sleep_for(std::chrono::microseconds(10));
