@@ -664,11 +664,23 @@ void CudaCopyEngine::issue(Issue& w) {
   c.device = w.device;
   c.stream = w.stream;
   c.done_event = mark_end(d, c);
+  const TimePoint link_busy = share_link(c);
   StreamCopies& on_stream = on_streams_[w.stream];
   c.start_known = on_stream.empty();
   c.start = c.start_known ? c.issued : std::max(c.issued, copies_.at(on_stream.back()).expected_end);
-  c.expected_end = c.start + d.clock.predict(c.bytes);
+  c.expected_end = std::max(c.start, link_busy) + d.clock.predict(c.bytes);
   on_stream.push_back(id);
+}
+
+CudaCopyEngine::TimePoint CudaCopyEngine::share_link(Copy& c) {
+  TimePoint busy{};
+  for (auto& [stream, q] : on_streams_) {
+    if (stream == c.stream || q.empty() || copies_.at(q.front()).device != c.device) continue;
+    c.shared = true;
+    for (const std::uint64_t id : q) copies_.at(id).shared = true;
+    busy = std::max(busy, copies_.at(q.back()).expected_end);
+  }
+  return busy;
 }
 
 void* CudaCopyEngine::mark_end(Device& d, Copy& c) {
@@ -742,10 +754,11 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
         break;
       }
       const bool prompt = c.last_look != TimePoint{} && CopyClock::prompt(c.start, c.last_look, seen);
-      // A bound (not prompt) teaches only when the start is the copy's own
-      // issue: a start taken from the end of the copy before is itself up to
-      // that end's slack late.
-      if (done && own_event && c.start_known && (prompt || c.start == c.issued))
+      // A prompt end times the link only for a copy that had it to itself. A
+      // bound (not prompt) holds for any copy, but teaches only when the
+      // start is the copy's own issue: a start taken from the end of the copy
+      // before is itself up to that end's slack late.
+      if (done && own_event && c.start_known && (prompt ? !c.shared : c.start == c.issued))
         devices_[static_cast<std::size_t>(c.device)].clock.observe(c.bytes, c.start, seen, prompt);
       q.pop_front();
       finish(id, done ? ok_status() : Status(std::move(done).error()));
@@ -755,7 +768,8 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       Copy& head = copies_.at(q.front());
       head.start = std::max(head.issued, seen);
       head.start_known = done && prompt;
-      head.expected_end = head.start + devices_[static_cast<std::size_t>(head.device)].clock.predict(head.bytes);
+      head.expected_end = std::max(head.start, share_link(head)) +
+                          devices_[static_cast<std::size_t>(head.device)].clock.predict(head.bytes);
       look_now = true;
     }
     it = q.empty() ? on_streams_.erase(it) : std::next(it);

@@ -201,6 +201,9 @@ class CudaCopyEngine final : public CopyEngine {
     // the stream (predicted, then when the one before was seen done).
     TimePoint start{};
     bool start_known = false;  // the stream was idle, or the one before was seen ending promptly
+    // Copies on another stream of its device were queued while it was: they
+    // shared the link, so its time says nothing of the link's rate.
+    bool shared = false;
     TimePoint expected_end{};
     TimePoint last_look{};  // the last query that found it not done; {}: none
   };
@@ -241,6 +244,10 @@ class CudaCopyEngine final : public CopyEngine {
   /// helper thread when the destination is not pinned), unless the io thread
   /// cancelled the put first.
   void issue(Issue& w);
+  /// Copy `c` (queued on its stream) shares its device's link with the
+  /// copies queued on the device's other streams: marks them all `shared`
+  /// and returns when those are expected to be done ({}: none).
+  TimePoint share_link(Copy& c);
   /// Records the event that marks the end of copy `c` on its stream: an idle
   /// one of the device's or a new one; null when neither works (logged), and
   /// the copy's end is then polled with cudaStreamQuery.

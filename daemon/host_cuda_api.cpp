@@ -4,6 +4,7 @@
 // cudaMemcpyAsync blocks until the copy is done.
 #include "host_cuda_api.hpp"
 
+#include <algorithm>
 #include <cstring>
 #include <utility>
 
@@ -139,11 +140,16 @@ std::size_t HostCudaApi::run_stream(Stream& s) {
     Op& op = s.ops.front();
     if (op.stalled && !unstalled_) break;
     // Running by itself, a copy ends bytes / bytes_per_us after it reaches
-    // the head of its stream, whoever looks.
+    // the head of its stream and its device's link is free (one copy at a
+    // time per device: copies on several streams share it), whoever looks.
     if (bytes_per_us_ > 0 && op.kind == Op::copy) {
       const auto now = std::chrono::steady_clock::now();
-      if (op.due == std::chrono::steady_clock::time_point{})
-        op.due = now + std::chrono::microseconds(static_cast<std::int64_t>(static_cast<double>(op.bytes) / bytes_per_us_));
+      if (op.due == std::chrono::steady_clock::time_point{}) {
+        auto& link = link_free_[s.device];
+        op.due = std::max(now, link) +
+                 std::chrono::microseconds(static_cast<std::int64_t>(static_cast<double>(op.bytes) / bytes_per_us_));
+        link = op.due;
+      }
       if (now < op.due) break;
     }
     run_op(s, op);

@@ -71,7 +71,9 @@ class HostCudaApi final : public CudaApi {
   std::size_t run();
   /// From now on the streams run by themselves on a thread of the
   /// simulation, as on a GPU: a copy ends bytes / bytes_per_us after it
-  /// reaches the head of its stream, the rest as soon as it does.
+  /// reaches the head of its stream and its device's link is free (a device
+  /// moves one copy at a time, so copies on several streams share it), the
+  /// rest as soon as it does.
   void run_by_itself(double bytes_per_us);
 
   // ---- observations --------------------------------------------------------
@@ -184,6 +186,7 @@ class HostCudaApi final : public CudaApi {
   std::size_t copies_run_ = 0;
   bool straddled_ = false;
   double bytes_per_us_ = 0;  // run_by_itself's rate; 0: only run() runs streams
+  std::map<int, std::chrono::steady_clock::time_point> link_free_;  // run_by_itself: device -> its last copy's end
   bool stop_ = false;
   std::thread gpu_;  // run_by_itself's thread
 };

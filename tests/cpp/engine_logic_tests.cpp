@@ -451,6 +451,37 @@ TEST_CASE("on a GPU that runs by itself: a copy seen late because the engine thr
   CHECK(next->at - t0 < kSimCopy + 1s);
 }
 
+TEST_CASE("on a GPU that runs by itself: copies from three producers at once share the link and do not slow the rate") {
+  Rig rig;
+  rig.api->run_by_itself(kSimRate);
+  std::vector<Producer> producers;
+  for (std::uint8_t i = 0; i < 3; ++i) producers.push_back(rig.producer(2 * kMiB, 0, static_cast<std::uint8_t>(i + 1)));
+  const double learned = learn(rig, producers[0]);
+  REQUIRE(learned > 0);
+  // Each round queues three 1 MiB copies at once on three streams: the
+  // simulated link moves one at a time, so the last ends three copies' time
+  // after they were queued. Taken as samples of the rate, those times would
+  // pull it towards a third.
+  double lowest = learned;
+  for (int round = 0; round < 6; ++round) {
+    std::vector<std::shared_ptr<Outcome>> outs;
+    for (std::uint64_t i = 0; i < 3; ++i) outs.push_back(rig.submit(rig.request(i + 1, producers[i], i * kMiB, kMiB)));
+    for (const auto& out : outs) {
+      REQUIRE(rig.answered(*out));
+      CHECK(out->ok());
+    }
+    lowest = std::min(lowest, rig.engine->copy_rate(0));
+  }
+  for (std::uint64_t i = 0; i < 3; ++i) CHECK(rig.landed(producers[i], i * kMiB, kMiB));
+  CAPTURE(learned);
+  CHECK(lowest > learned * 0.9);
+  // Alone again, a put is answered about a copy's time after it was made.
+  const auto t0 = std::chrono::steady_clock::now();
+  auto alone = rig.submit(rig.request(1, producers[0], 0, kMiB));
+  REQUIRE(rig.answered(*alone));
+  CHECK(alone->at - t0 < kSimCopy + 1s);
+}
+
 TEST_CASE("on a GPU that runs by itself: with linger the engine thread keeps polling after a copy ends, else it sleeps") {
   for (const auto linger : {0us, 200'000us}) {
     CAPTURE(linger.count());
