@@ -1,6 +1,7 @@
 // tensorshmd: start-up and shutdown. Parses the configuration, takes the
 // instance lock, sweeps segments a crashed predecessor left, reserves the pool,
-// starts the copy engine (when a GPU exists) and serves until SIGINT/SIGTERM;
+// starts the copy engine (when a GPU exists) and serves until SIGINT/SIGTERM
+// (or, with cuda-lost = exit, until the GPU context is lost: exit status 3);
 // on the way out every segment it made is unlinked.
 #include <sys/resource.h>
 #include <unistd.h>
@@ -25,6 +26,8 @@ using namespace tensorshm;
 using namespace tensorshm::daemon;
 
 namespace {
+
+constexpr int kExitGpuLost = 3;  // docs/configuration.md, cuda-lost
 
 int fail(const Error& e) {
   log::error("tensorshmd: ", e.message);
@@ -85,7 +88,9 @@ int serve(const Config& config) {
   std::signal(SIGINT, SIG_IGN);
   engine.reset();
   log::notice("tensorshmd stopped; all segments removed");
-  return 0;
+  // Stopped by itself (cuda-lost = exit): a failure, so that the service
+  // manager restarts it (Restart=on-failure).
+  return server.failure().empty() ? 0 : kExitGpuLost;
 }
 
 }  // namespace

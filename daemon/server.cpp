@@ -114,6 +114,14 @@ Status Server::listen(int inherited_fd) {
 
 void Server::start() {
   asio::co_spawn(io_, accept_loop(), asio::detached);
+  if (engine_ != nullptr && config_.cuda_lost == "exit")
+    add_housekeeping([this] {
+      const std::string trouble = gpu_trouble();
+      if (trouble.empty() || stopping_) return;
+      failure_ = trouble;
+      log::error(trouble, "; stopping (cuda-lost = exit) so that the service manager restarts tensorshmd");
+      stop();
+    });
   arm_housekeeping();
 }
 

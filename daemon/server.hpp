@@ -46,6 +46,9 @@ class Server {
   void start();
   /// Stops accepting, closes every session and lets io.run() return.
   void stop();
+  /// Why the server stopped by itself (cuda-lost = exit), for the exit
+  /// status; empty when it was asked to stop or still serves.
+  const std::string& failure() const noexcept { return failure_; }
 
   /// Registered callbacks run by the housekeeping timer (watchdog, status).
   void add_housekeeping(std::function<void()> fn) { housekeeping_.push_back(std::move(fn)); }
@@ -89,6 +92,7 @@ class Server {
   std::map<std::uint32_t, std::uint32_t> per_uid_;
   std::uint64_t next_session_ = 1;
   bool stopping_ = false;
+  std::string failure_;
   bool bound_here_ = false;
   std::chrono::steady_clock::time_point started_ = std::chrono::steady_clock::now();
 };

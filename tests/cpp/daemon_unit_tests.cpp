@@ -711,6 +711,23 @@ TEST_CASE("cuda_linger_above_100_ms_is_a_usage_error_and_up_to_it_is_taken") {
   CHECK_FALSE(parse({"--cuda-linger-us", "-1"}).has_value());
 }
 
+TEST_CASE("cuda_lost_is_serve_by_default_takes_exit_from_a_flag_or_the_file_and_refuses_anything_else") {
+  auto defaults = parse({});
+  REQUIRE(defaults.has_value());
+  CHECK(defaults->cuda_lost == "serve");
+  auto flag = parse({"--cuda-lost", "exit"});
+  REQUIRE(flag.has_value());
+  CHECK(flag->cuda_lost == "exit");
+  TempFile file("cuda-lost = exit\n");
+  auto from_file = parse({"--config", file.path});
+  REQUIRE(from_file.has_value());
+  CHECK(from_file->cuda_lost == "exit");
+  CHECK(describe(*from_file).find("cuda-lost = exit\n") != std::string::npos);
+  auto bad = parse({"--cuda-lost", "restart"});
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().message == "cuda-lost: 'restart' is not one of serve, exit");
+}
+
 TEST_CASE("help_documents_every_key") {
   std::string help;
   auto c = parse({"--help"}, &help);

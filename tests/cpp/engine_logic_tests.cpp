@@ -1062,6 +1062,47 @@ TEST_CASE("CPU-only clients get answers while the engine thread is stuck in a CU
   ::rmdir(dir);
 }
 
+TEST_CASE("with cuda-lost = exit the server stops by itself once the GPU context is lost; with serve it goes on") {
+  for (const std::string mode : {"exit", "serve"}) {
+    CAPTURE(mode);
+    char dir[] = "/tmp/tshm-engine-XXXXXX";
+    REQUIRE(::mkdtemp(dir) != nullptr);
+    Config config = small_pool_config("engine-test-lost-" + mode);
+    config.socket_path = std::string(dir) + "/s.sock";
+    config.housekeeping_ms = 10;
+    config.cuda_lost = mode;
+    auto pool = Pool::create(config);
+    REQUIRE(pool.has_value());
+    Rig rig;
+    {
+      Registry registry(**pool, config);
+      Server server(rig.io, config, **pool, registry, rig.engine.get());
+      REQUIRE(server.listen().has_value());
+      server.start();
+      auto p = rig.producer(16 * kKiB);
+      rig.api->lose_context_on_next_copy();
+      auto failed = rig.submit(rig.request(1, p, 0, 16 * kKiB));
+      rig.settle();
+      REQUIRE(failed->done());
+      CHECK_FALSE(failed->ok());
+      rig.io.restart();
+      rig.io.run_for(300ms);  // many housekeeping periods; returns early once the server stopped
+      if (mode == "exit") {
+        CHECK(server.stopping());
+        CHECK(server.failure().find("GPU context lost: cudaMemcpyAsync: cudaErrorIllegalAddress") == 0);
+      } else {
+        CHECK_FALSE(server.stopping());
+        CHECK(server.failure().empty());
+        CHECK(server.gpu_trouble().find("GPU context lost") == 0);
+        server.stop();
+        rig.io.restart();
+        rig.io.poll();
+      }
+    }
+    ::rmdir(dir);
+  }
+}
+
 }  // TEST_SUITE
 
 TEST_SUITE("copy clock") {
