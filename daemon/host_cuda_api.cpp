@@ -84,9 +84,9 @@ void HostCudaApi::fail_next(const std::string& call, const std::string& error) {
   failures_[call] = error;
 }
 
-void HostCudaApi::stall_next_copy() {
+void HostCudaApi::stall_next_copy(int after) {
   std::lock_guard lk(mu_);
-  stall_next_ = true;
+  stall_in_ = after;
   unstalled_ = false;
 }
 
@@ -457,7 +457,8 @@ Status HostCudaApi::copy_to_host(int, void* stream, void* dst, const void* src, 
   op.src = src;
   op.bytes = bytes;
   op.seq = next_seq_++;
-  op.stalled = std::exchange(stall_next_, false);
+  op.stalled = stall_in_ == 0;
+  if (stall_in_ >= 0) --stall_in_;
   // Running by itself, the bytes move now, on the caller's thread (a memcpy
   // under a sanitizer can take longer than the simulated copy, and must not
   // hold up the simulation); the copy still ends at its due time.

@@ -62,9 +62,10 @@ class HostCudaApi final : public CudaApi {
   /// As fail_next_copy_when_run, with an error that poisons the context:
   /// lost() says so from then on, and every later call fails with it.
   void lose_context_on_next_copy();
-  /// The next copy queued never finishes until unstall(): its stream stops
-  /// there, as behind a DMA that does not end.
-  void stall_next_copy();
+  /// The next copy queued (or the one after `after` more copies) never
+  /// finishes until unstall(): its stream stops there, as behind a DMA that
+  /// does not end.
+  void stall_next_copy(int after = 0);
   void unstall();
   /// Runs all queued stream work (up to a stalled copy). Returns the number
   /// of operations run.
@@ -174,7 +175,7 @@ class HostCudaApi final : public CudaApi {
   bool fail_copy_when_run_ = false;
   bool lose_context_when_run_ = false;
   std::string lost_;  // set when a copy lost the context
-  bool stall_next_ = false;
+  int stall_in_ = -1;  // copies to queue before the stalled one; -1: none
   bool unstalled_ = false;
   std::string block_call_;      // block_next's call, until it comes
   bool parked_ = false;         // a call is blocked now

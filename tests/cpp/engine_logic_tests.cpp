@@ -540,6 +540,36 @@ TEST_CASE("when no event can be recorded after a copy its end is polled on the s
   }
 }
 
+TEST_CASE("a copy without an event of its own ends with the next copy's event, while its stream is still busy") {
+  Rig rig;
+  auto p = rig.producer(192 * kKiB);
+  // Three puts queued on the producer's stream at once (its event fires when
+  // all three wait for it): the first copy gets no event of its own, the
+  // second does, the third never ends, so the stream never goes idle.
+  rig.api->hold(p.event);
+  rig.api->fail_next("cudaEventRecord", "cudaErrorMemoryAllocation");
+  rig.api->stall_next_copy(2);
+  auto first = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+  auto second = rig.submit(rig.request(1, p, 64 * kKiB, 64 * kKiB, 64 * kKiB));
+  auto third = rig.submit(rig.request(1, p, 128 * kKiB, 64 * kKiB, 128 * kKiB));
+  rig.engine->drain();
+  rig.api->fire(p.event);
+  REQUIRE(Rig::poll_until([&] { return rig.api->queued() == 5; }));  // three copies, two events
+  rig.settle();
+  REQUIRE(first->done());  // seen on the second copy's event
+  CHECK(first->ok());
+  REQUIRE(second->done());
+  CHECK(second->ok());
+  CHECK_FALSE(third->done());
+  CHECK(rig.landed(p, 0, 128 * kKiB));
+  rig.api->unstall();
+  rig.settle();
+  REQUIRE(third->done());
+  CHECK(third->ok());
+  CHECK(rig.landed(p, 0, 192 * kKiB));
+  CHECK(rig.engine->in_flight() == 0);
+}
+
 TEST_CASE("a copy that poisons the CUDA context fails, and later GPU puts fail at once saying tensorshmd must restart") {
   Rig rig;
   auto p = rig.producer(16 * kKiB);
