@@ -526,9 +526,6 @@ TEST_CASE("when no event can be recorded after a copy its end is polled on the s
     auto p = rig.producer(64 * kKiB);
     rig.api->fail_next(call, "cudaErrorMemoryAllocation");
     auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
-    rig.engine->drain();
-    rig.engine->drain();
-    CHECK_FALSE(out->done());  // the copy is queued and has not run
     rig.settle();
     CHECK(out->ok());
     CHECK(rig.landed(p, 0, 64 * kKiB));
