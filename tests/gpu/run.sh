@@ -20,7 +20,8 @@
 #   bench-py    bench/gpu_bench.py: the same from Python, and the 256 MiB handoff
 #               vs t.cpu().numpy() + multiprocessing.shared_memory
 #   pytest      tests/gpu: every dtype/shape vs t.cpu().numpy(), a kernel right
-#               before put, 4 producers x 100 puts, a producer killed mid-copy, CuPy
+#               before put, 4 producers x 100 puts, a producer killed mid-copy, CuPy,
+#               a daemon running as nobody (the producer's event refused: fallback)
 #   torch       tshm_torch_gpu_check: the libtorch adapter's CUDA path
 #   stop        SIGTERM, exit status, /dev/shm left clean
 # The last thing printed is a short summary table (also $OUT/summary.txt).
@@ -230,10 +231,12 @@ note "handoff 256 MiB" "$(grep '^handoff ' "$WORK/bench_py.txt" | sed 's/^handof
 FAULTS="killed_mid_copy or killed_at_random"
 section "pytest: tests/gpu (without the faults)"
 set -x
-PYTHONUNBUFFERED=1 timeout 240 $PY -m pytest -v -rs -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests/gpu \
+PYTHONUNBUFFERED=1 timeout 240 $PY -m pytest -v -rsP -p no:cacheprovider --junitxml="$OUT/pytest.xml" tests/gpu \
   -k "not ($FAULTS)" 2>&1 | tee "$WORK/pytest.txt"
 set +x
 note "pytest tests/gpu" "$(grep -E '^=+ .*(passed|failed|error|skipped).* =+$' "$WORK/pytest.txt" | tail -1 | tr -d '=' || echo 'no result')"
+other_user=$(grep -o 'FIGURES other-user: .*' "$WORK/pytest.txt" | sed 's/^FIGURES other-user: //')
+note "daemon as nobody" "${other_user:-no result (skipped? see pytest.txt)}"
 
 # ---- libtorch adapter ---------------------------------------------------------------------------
 section "torch: libtorch adapter check"

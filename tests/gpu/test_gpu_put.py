@@ -161,6 +161,73 @@ def test_cupy_arrays_go_through_cuda_array_interface(client):
     assert np.array_equal(client.get("gpu/cupy-strided"), cupy.asnumpy(col))
 
 
+def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory):
+    """The driver backs an interprocess event with a 0600 file in /dev/shm, so
+    tensorshmd running as another user (here nobody, the producer root)
+    cannot open the producer's event: the client then waits for its own event
+    and sends the put without one (docs/gpu.md, "Events across users").
+    Values must still be those of the kernel that ran right before each put."""
+    import pwd
+    import shutil
+    import tempfile
+
+    import tensorshm
+    from conftest import daemon_binary
+
+    if os.geteuid() != 0:
+        pytest.skip("needs root, to start tensorshmd as another user")
+    try:
+        nobody = pwd.getpwnam("nobody")
+    except KeyError:
+        pytest.skip("no user 'nobody' to run tensorshmd as")
+    # A directory the other user can reach (pytest's tmp_path is root's, 0700),
+    # with a copy of the daemon (the checkout may sit under a 0700 home).
+    d = tempfile.mkdtemp(prefix="tshm-other-user.", dir="/tmp")
+    os.chmod(d, 0o755)
+    os.chown(d, nobody.pw_uid, nobody.pw_gid)
+    binary = os.path.join(d, "tensorshmd")
+    shutil.copy(daemon_binary(), binary)
+    os.chmod(binary, 0o755)
+    sock, log = os.path.join(d, "tshm.sock"), tmp_path_factory.mktemp("other-user") / "daemon.log"
+    instance = f"otheruser{os.getpid()}"
+    with open(log, "w") as out:
+        proc = subprocess.Popen([binary, "--socket", sock, "--socket-mode", "0666", "--instance", instance,
+                                 "--pool-size", "256M", "--segment-size", "64M", "--pretouch-threads", "2"],
+                                stdout=out, stderr=subprocess.STDOUT, user=nobody.pw_uid, group=nobody.pw_gid,
+                                extra_groups=[], cwd=d, env={"PATH": "/usr/bin:/bin"})
+    try:
+        deadline = time.monotonic() + 60
+        while not os.path.exists(sock):
+            assert proc.poll() is None, f"tensorshmd as nobody exited with {proc.returncode}:\n{log.read_text()}"
+            assert time.monotonic() < deadline, f"tensorshmd as nobody did not listen:\n{log.read_text()}"
+            time.sleep(0.05)
+        with tensorshm.connect(sock, name="other-user") as c:
+            if c.daemon_info.cuda_devices < 1:
+                pytest.skip(f"tensorshmd as nobody found no GPU (device files not open to it?):\n{log.read_text()}")
+            x = torch.zeros(8 << 20, device="cuda", dtype=torch.float32)  # 32 MiB
+            for i in range(1, 6):
+                torch.cuda._sleep(SLOW)  # the GPU is busy; the fill below has not run at the put
+                x.fill_(float(i))
+                c.put("gpu/other-user", x)
+                got = c.get("gpu/other-user")
+                assert np.all(got == i), f"put {i} read memory before the kernel wrote it"
+                del got
+        refused = log.read_text().count("event handle could not be opened")
+        print(f"\nFIGURES other-user: 5 ordered puts right; producer's event refused {refused} time(s) "
+              f"({'the fallback ran' if refused else 'the driver let nobody open it'})")
+        assert refused <= 1, "the client should stop sending events to this daemon after the first refusal"
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        print(f"---- tensorshmd as nobody ({log}) ----\n{log.read_text()[-3000:]}")
+        assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tensorshm.{instance}.")]
+        shutil.rmtree(d, ignore_errors=True)
+
+
 PRODUCER = textwrap.dedent("""
     import sys, torch, tensorshm
     sock, index, puts = sys.argv[1], int(sys.argv[2]), int(sys.argv[3])
