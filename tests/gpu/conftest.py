@@ -9,7 +9,6 @@ import os
 import pathlib
 import socket
 import subprocess
-import tempfile
 import time
 
 import pytest
@@ -52,7 +51,8 @@ def daemon_binary() -> str:
     raise RuntimeError("no tensorshmd: set TENSORSHMD, run tests/gpu/prepare.sh, or build the project")
 
 
-def _wait_for_socket(path: str, proc: subprocess.Popen, log: pathlib.Path) -> None:
+def wait_for_socket(path: str, proc: subprocess.Popen, log: pathlib.Path) -> None:
+    """Returns once tensorshmd `proc` accepts on `path`; raises with its log if it exits or never does."""
     deadline = time.monotonic() + 120  # pinning a large pool takes seconds
     while time.monotonic() < deadline:
         if proc.poll() is not None:
@@ -64,6 +64,16 @@ def _wait_for_socket(path: str, proc: subprocess.Popen, log: pathlib.Path) -> No
         except OSError:
             time.sleep(0.05)
     raise RuntimeError(f"tensorshmd did not listen on {path}:\n{log.read_text()}")
+
+
+def stop_daemon(proc: subprocess.Popen) -> None:
+    """SIGTERM, then SIGKILL if tensorshmd has not stopped within a minute."""
+    proc.terminate()
+    try:
+        proc.wait(60)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 @pytest.fixture(scope="session")
@@ -81,14 +91,10 @@ def daemon_socket(tmp_path_factory: pytest.TempPathFactory):
     with open(log, "w") as out:
         proc = subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT)
     try:
-        _wait_for_socket(sock, proc, log)
+        wait_for_socket(sock, proc, log)
         yield sock
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+        stop_daemon(proc)
         print(f"\n---- tensorshmd log ({log}) ----\n{log.read_text()[-4000:]}")
 
 

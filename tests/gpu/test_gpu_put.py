@@ -172,7 +172,7 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
     import tempfile
 
     import tensorshm
-    from conftest import daemon_binary
+    from conftest import daemon_binary, stop_daemon, wait_for_socket
 
     if os.geteuid() != 0:
         pytest.skip("needs root, to start tensorshmd as another user")
@@ -196,11 +196,7 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
                                 stdout=out, stderr=subprocess.STDOUT, user=nobody.pw_uid, group=nobody.pw_gid,
                                 extra_groups=[], cwd=d, env={"PATH": "/usr/bin:/bin"})
     try:
-        deadline = time.monotonic() + 60
-        while not os.path.exists(sock):
-            assert proc.poll() is None, f"tensorshmd as nobody exited with {proc.returncode}:\n{log.read_text()}"
-            assert time.monotonic() < deadline, f"tensorshmd as nobody did not listen:\n{log.read_text()}"
-            time.sleep(0.05)
+        wait_for_socket(sock, proc, log)
         with tensorshm.connect(sock, name="other-user") as c:
             if c.daemon_info.cuda_devices < 1:
                 pytest.skip(f"tensorshmd as nobody found no GPU (device files not open to it?):\n{log.read_text()}")
@@ -217,12 +213,7 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
               f"({'the fallback ran' if refused else 'the driver let nobody open it'})")
         assert refused <= 1, "the client should stop sending events to this daemon after the first refusal"
     finally:
-        proc.terminate()
-        try:
-            proc.wait(60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
+        stop_daemon(proc)
         print(f"---- tensorshmd as nobody ({log}) ----\n{log.read_text()[-3000:]}")
         assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tensorshm.{instance}.")]
         shutil.rmtree(d, ignore_errors=True)
