@@ -40,6 +40,9 @@ std::shared_ptr<const void> Object::keep_alive() const noexcept { return lease_;
 // ---- Buffer -----------------------------------------------------------------
 
 Buffer::Buffer() = default;
+// Out of line: OpenCreate is complete only here (a defaulted move constructor
+// in the header would not compile where Buffers are moved, as into a vector).
+Buffer::Buffer(Buffer&&) noexcept = default;
 
 Buffer& Buffer::operator=(Buffer&& o) noexcept {
   if (this != &o) {

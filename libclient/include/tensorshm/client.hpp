@@ -169,7 +169,7 @@ class Object {
 class Buffer {
  public:
   Buffer();  // out of line: detail::OpenCreate is incomplete here
-  Buffer(Buffer&&) noexcept = default;
+  Buffer(Buffer&&) noexcept;
   Buffer& operator=(Buffer&&) noexcept;
   ~Buffer();
 
