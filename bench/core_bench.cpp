@@ -3,6 +3,8 @@
 //   1. get of a 4 KiB object  vs  a bare Unix-socket ping-pong between two processes
 //   2. get of a 1 GiB object  vs  get of a 4 KiB object           (zero copy: size-independent)
 //   3. put of 256 MiB         vs  memcpy into populated memory     (one copy at memcpy speed)
+//   4. put of a small object  vs  create + memcpy + seal           (one round trip with the bytes, PutBytes,
+//                                                                    against two; informative, per size)
 // Usage: tshm_core_bench [--daemon PATH] [--quick]
 // Starts its own tensorshmd on a temporary socket (one 2 GiB pool segment, so
 // that the 1 GiB object lives in the pool like the 4 KiB one) and stops it.
@@ -69,6 +71,26 @@ struct GetTimes {
   double get_us;
   double get_release_us;
 };
+
+// Median microseconds of a put of `n` bytes, and of the same object made
+// with create, memcpy and seal (what put does above protocol::kMaxPutBytes).
+std::pair<double, double> small_put_us(tensorshm::Client& c, std::size_t n, int iters) {
+  std::vector<std::uint8_t> src(n, 5);
+  const std::vector<std::int64_t> shape{static_cast<std::int64_t>(n)};
+  std::vector<double> put, create;
+  for (int i = 0; i < iters; ++i) {
+    auto t0 = Clock::now();
+    c.put("bench/small-put", {src.data(), tensorshm::dtypes::kUInt8, shape, {}});
+    auto t1 = Clock::now();
+    auto b = c.create("bench/small-put", tensorshm::dtypes::kUInt8, shape);
+    std::memcpy(b.data(), src.data(), n);
+    b.seal();
+    auto t2 = Clock::now();
+    put.push_back(std::chrono::duration<double, std::micro>(t1 - t0).count());
+    create.push_back(std::chrono::duration<double, std::micro>(t2 - t1).count());
+  }
+  return {median(put), median(create)};
+}
 
 GetTimes get_latency(tensorshm::Client& c, const std::string& name, int iters) {
   std::vector<double> g, gr;
@@ -156,6 +178,12 @@ int main(int argc, char** argv) {
   }
   const double memcpy_gbs = n / median(mc) / 1e9, put_gbs = n / median(pt) / 1e9;
 
+  // 4. small puts: one round trip with the bytes vs create + memcpy + seal
+  const std::size_t small_sizes[] = {64, 1024, 4096, 16384, 32768, 65536};
+  std::vector<std::pair<double, double>> small_puts;
+  (void)small_put_us(c, 64, iters / 10);  // warm-up: maps the pool segment writable
+  for (std::size_t s : small_sizes) small_puts.push_back(small_put_us(c, s, iters / 4));
+
   std::printf("%-44s %12s %12s %8s %s\n", "measure", "tensorshm", "floor", "ratio", "goal");
   std::printf("%-44s %10.2f us %10.2f us %7.2fx %s\n", "get 4 KiB  vs  socket ping-pong 64 B", g4.get_us, pp,
               g4.get_us / pp, g4.get_us / pp <= 1.5 ? "<= 1.5x: met" : "<= 1.5x: MISSED");
@@ -165,6 +193,11 @@ int main(int argc, char** argv) {
               g1g.get_us / g4.get_us, g1g.get_us / g4.get_us <= 2.0 ? "<= 2x: met" : "<= 2x: MISSED");
   std::printf("%-44s %9.2f GB/s %9.2f GB/s %7.0f%% %s\n", "put 256 MiB  vs  memcpy (populated)", put_gbs, memcpy_gbs,
               100 * put_gbs / memcpy_gbs, put_gbs / memcpy_gbs >= 0.8 ? ">= 80%: met" : ">= 80%: MISSED");
+  for (std::size_t i = 0; i < std::size(small_sizes); ++i) {
+    const std::string what = "put " + std::to_string(small_sizes[i]) + " B  vs  create+memcpy+seal";
+    std::printf("%-44s %10.2f us %10.2f us %7.2fx %s\n", what.c_str(), small_puts[i].first, small_puts[i].second,
+                small_puts[i].first / small_puts[i].second, "(informative)");
+  }
   cl.reset();
   ::kill(d, SIGTERM);
   int st = 0;

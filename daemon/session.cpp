@@ -184,7 +184,8 @@ awaitable<void> Session::run() {
     }
     if (said_hello_ && !refuse_ &&
         (h.type == static_cast<std::uint16_t>(wire::Body::Get) ||
-         h.type == static_cast<std::uint16_t>(wire::Body::Release))) {
+         h.type == static_cast<std::uint16_t>(wire::Body::Release) ||
+         h.type == static_cast<std::uint16_t>(wire::Body::PutBytes))) {
       auto view = protocol::verify(h, payload, scratch_);
       if (!view) {
         ++server_.counters().protocol_errors;
@@ -249,6 +250,7 @@ Reply Session::on_hello(const wire::HelloT& m) {
   r.page_size = static_cast<std::uint32_t>(server_.pool().page_size());
   r.max_frame = protocol::kMaxPayload;
   r.cuda_devices = server_.cuda_devices();
+  r.features = protocol::kFeatures;
   for (const Segment* s : server_.pool().pool_segments()) {
     auto si = std::make_unique<wire::SegmentInfoT>();
     si->id = s->id();
@@ -313,17 +315,31 @@ awaitable<decltype(std::declval<Ready>()())> Session::wait_until(Ready ready, Pa
   }
 }
 
-awaitable<Reply> Session::on_create(wire::CreateObjectT& m) {
+namespace {
+
+/// What a CreateObject or CudaPut asks to create.
+template <class Request>
+CreateParams params_of(const Request& m) {
   CreateParams p;
   p.name = m.name;
   if (m.dtype) p.dtype = protocol::from_wire(*m.dtype);
   p.shape = m.shape;
   p.strides = m.strides;
   p.share = static_cast<Share>(m.share);
+  return p;
+}
+
+}  // namespace
+
+awaitable<Result<Object*>> Session::create_waiting(const CreateParams& p, std::int64_t timeout_ms) {
   auto& reg = server_.registry();
-  auto r = co_await wait_until([&] { return reg.create(caller_, p); },
-                               [&](asio::steady_timer* t) { return server_.waiters().wait_for_space(t); },
-                               Errc::pool_exhausted, m.timeout_ms);
+  co_return co_await wait_until([&] { return reg.create(caller_, p); },
+                                [&](asio::steady_timer* t) { return server_.waiters().wait_for_space(t); },
+                                Errc::pool_exhausted, timeout_ms);
+}
+
+awaitable<Reply> Session::on_create(wire::CreateObjectT& m) {
+  auto r = co_await create_waiting(params_of(m), m.timeout_ms);
   if (!r) co_return error_reply(r.error());
   open_.insert((*r)->id);
   wire::CreateObjectReplyT out;
@@ -345,6 +361,41 @@ Reply Session::on_seal(const wire::SealT& m) {
   wire::SealReplyT out;
   out.object = describe(**r);
   return reply(std::move(out));
+}
+
+awaitable<Reply> Session::on_put_bytes(const wire::PutBytes& m) {
+  CreateParams p;
+  if (m.name()) p.name = m.name()->str();
+  if (m.dtype()) p.dtype = protocol::from_wire(*m.dtype());
+  if (m.shape()) p.shape.assign(m.shape()->begin(), m.shape()->end());
+  if (m.strides()) p.strides.assign(m.strides()->begin(), m.strides()->end());
+  p.share = static_cast<Share>(m.share());
+  const std::size_t size = m.data() ? m.data()->size() : 0;
+  auto& reg = server_.registry();
+  auto created = co_await create_waiting(p, m.timeout_ms());
+  if (!created) co_return error_reply(created.error());
+  Object* o = *created;
+  const std::uint64_t id = o->id;
+  // Nothing below waits, so the object cannot outlive this handler open.
+  if (size != o->nbytes) {
+    Error e{Errc::invalid_argument, "put '" + o->name + "': " + std::to_string(size) +
+                                        " bytes of data for an object of " + std::to_string(o->nbytes) + " bytes (" +
+                                        dtype_name(o->dtype) + ", " + std::to_string(o->shape.size()) +
+                                        " dimension(s))"};
+    (void)reg.abort(caller_, id);
+    co_return error_reply(e);
+  }
+  if (size > 0)
+    std::memcpy(server_.pool().segment(o->extent.segment_id)->base() + o->data_offset, m.data()->data(), size);
+  auto sealed = reg.seal(caller_, id);
+  if (!sealed) {
+    if (reg.get(id) != nullptr) (void)reg.abort(caller_, id);
+    co_return error_reply(sealed.error());
+  }
+  ++server_.counters().puts;
+  wire::SealReplyT out;
+  out.object = describe(**sealed);
+  co_return reply(std::move(out));
 }
 
 Reply Session::on_abort(const wire::AbortT& m) {
@@ -392,6 +443,12 @@ awaitable<bool> Session::serve_fast(const protocol::FrameHeader& h, const wire::
                             h.request_id);
     }
     co_return co_await send(wbuf_, -1);
+  }
+  if (const auto* put = msg.body_as_PutBytes()) {
+    Reply r = co_await on_put_bytes(*put);
+    protocol::encode_into(wbuf_, fbb_, r.body, h.request_id);
+    if (!co_await send(wbuf_, -1)) co_return false;
+    co_return !peer_gone_;
   }
   const auto* get = msg.body_as_Get();
   std::string name = get->name() ? get->name()->str() : std::string();
@@ -502,16 +559,8 @@ awaitable<Reply> Session::on_cuda_put(wire::CudaPutT& m) {
                                                   "driver or device at start and serves CPU-only)"});
   if (m.mem_handle.size() != 64 || m.event_handle.size() != 64 || (!m.device_uuid.empty() && m.device_uuid.size() != 16))
     co_return error_reply(Error{Errc::invalid_argument, "cuda put: handles must be 64 bytes, the device uuid 16"});
-  CreateParams p;
-  p.name = m.name;
-  if (m.dtype) p.dtype = protocol::from_wire(*m.dtype);
-  p.shape = m.shape;
-  p.strides = m.strides;
-  p.share = static_cast<Share>(m.share);
   auto& reg = server_.registry();
-  auto created = co_await wait_until([&] { return reg.create(caller_, p); },
-                                     [&](asio::steady_timer* t) { return server_.waiters().wait_for_space(t); },
-                                     Errc::pool_exhausted, m.timeout_ms);
+  auto created = co_await create_waiting(params_of(m), m.timeout_ms);
   if (!created) co_return error_reply(created.error());
   Object* o = *created;
   const std::uint64_t id = o->id;

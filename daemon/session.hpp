@@ -57,11 +57,16 @@ class Session : public std::enable_shared_from_this<Session> {
   // Handlers, one per request type.
   Reply on_hello(const wire::HelloT& m);
   awaitable<Reply> on_create(wire::CreateObjectT& m);
+  /// Creates an object, waiting up to timeout_ms for pool space.
+  awaitable<Result<Object*>> create_waiting(const CreateParams& p, std::int64_t timeout_ms);
   Reply on_seal(const wire::SealT& m);
+  /// Create, copy the frame's bytes in (straight from the verified payload),
+  /// seal: a small put in one round trip.
+  awaitable<Reply> on_put_bytes(const wire::PutBytes& m);
   Reply on_abort(const wire::AbortT& m);
-  /// Get and Release, once the session said hello, come only this way: straight
-  /// from the verified payload, the reply built without intermediate objects.
-  /// Returns false to end the session.
+  /// Get, Release and PutBytes, once the session said hello, come only this
+  /// way: straight from the verified payload (Get's reply built without
+  /// intermediate objects). Returns false to end the session.
   awaitable<bool> serve_fast(const protocol::FrameHeader& h, const wire::Message& msg);
   /// Finds (waiting up to timeout_ms) and leases the version a Get asks for.
   awaitable<Result<Object*>> lease_for_get(const std::string& name, std::uint64_t newer_than,

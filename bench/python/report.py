@@ -117,16 +117,14 @@ def goals(r: Results) -> list[Goal]:
         k = div(t, f)
         why = ""
         if k is not None and k > 3:
-            why = ("a handoff with put is a create and a seal (two round trips to the daemon), the daemon's "
-                   "wake-up of the consumer's waiting get and the acknowledgement (half a round trip each), plus "
-                   "the consumer's one-way release: three round trips of messages, each also paying the client's "
-                   "and the daemon's request handling and a wake-up of a blocked process")
+            why = ("a handoff with put is one round trip to the daemon (a small put carries its bytes: PutBytes), "
+                   "the daemon's wake-up of the consumer's waiting get and the acknowledgement (half a round trip "
+                   "each), plus the consumer's one-way release: two round trips of messages, each also paying the "
+                   "client's and the daemon's request handling and a wake-up of a blocked process")
             put1, get1 = r.med("tensorshm-put-alone", small), r.med("tensorshm-get-alone", small) or get1
             if lang == "py" and put1 and get1 and f:
                 why += (f"; alone, a put costs {us(put1)} ({put1 / f:.1f} ping-pongs) and a get {us(get1)} "
                         f"({get1 / f:.1f} ping-pongs)")
-            why += ("; a put that did not wait for the create's reply (an extent reserved ahead) would save one "
-                    "round trip" if lang == "c" else "")
         add(f"small-{lang}", f"small ({size_label(small)}) round trip ≤ 3 socket round trips "
             f"({'Python' if lang == 'py' else 'C++'} vs the {'Python' if lang == 'py' else 'C'} ping-pong)",
             f"{us(t)} = {ratio(k)} of {us(f)}" if k else "—", None if k is None else k <= 3, why, k)

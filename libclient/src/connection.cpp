@@ -154,6 +154,7 @@ Status Connection::connect_locked() {
   info_.protocol_version = hr->protocol_version;
   info_.page_size = hr->page_size;
   info_.cuda_devices = hr->cuda_devices;
+  info_.features = hr->features;
   for (const auto& s : hr->segments)
     if (s) info_.segments.push_back(SegmentInfo{s->id, s->name, s->size, s->dedicated});
   return ok_status();
@@ -217,11 +218,29 @@ Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request
 }
 
 Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds) {
+  return call_framed_locked(body.type, [&](std::uint32_t id) { protocol::encode_into(wbuf_, fbb_, body, id); }, fds);
+}
+
+Result<const wire::Message*> Connection::call_built_locked(
+    wire::Body type, const std::function<void(flatbuffers::FlatBufferBuilder&)>& build, std::vector<int>* fds) {
+  return call_framed_locked(
+      type,
+      [&](std::uint32_t id) {
+        fbb_.Clear();
+        build(fbb_);
+        protocol::frame_into(wbuf_, fbb_, type, id);
+      },
+      fds);
+}
+
+Result<const wire::Message*> Connection::call_framed_locked(wire::Body type,
+                                                            const std::function<void(std::uint32_t)>& frame,
+                                                            std::vector<int>* fds) {
   TSHM_TRY(ensure_connected_locked());
   std::uint32_t id = 0;
   for (bool retried = false;; retried = true) {
     id = next_request_++;
-    protocol::encode_into(wbuf_, fbb_, body, id);
+    frame(id);
     std::size_t sent = 0;
     auto s = send_frame_locked(wbuf_, &sent);
     if (s) break;
@@ -230,8 +249,8 @@ Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion&
     // connection, unless it names something of the old one (an open create,
     // a lease, a segment id), which means nothing to another daemon.
     const bool peer_gone = s.error().sys_errno == EPIPE || s.error().sys_errno == ECONNRESET;
-    const bool stateless = body.type != wire::Body::Seal && body.type != wire::Body::Abort &&
-                           body.type != wire::Body::Release && body.type != wire::Body::MapSegment;
+    const bool stateless = type != wire::Body::Seal && type != wire::Body::Abort && type != wire::Body::Release &&
+                           type != wire::Body::MapSegment;
     if (retried || sent != 0 || !peer_gone || !stateless) return lost(s.error());
     disconnect_locked();
     broken_ = true;

@@ -9,6 +9,7 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
+#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
@@ -57,6 +58,13 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Like call_locked, without unpacking: the view into the reply stays valid
   /// until the next request. For the hot path (get).
   Result<const wire::Message*> call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds);
+  /// Like call_view_locked, for a request that `build` writes straight into
+  /// the connection's builder (it must Finish a Message of `type`), so that
+  /// large fields are written once; called again if the request is resent on
+  /// a new connection.
+  Result<const wire::Message*> call_built_locked(wire::Body type,
+                                                 const std::function<void(flatbuffers::FlatBufferBuilder&)>& build,
+                                                 std::vector<int>* fds = nullptr);
 
   /// The mapping of a segment, mapping it on first use (one MapSegment round
   /// trip, the descriptor arrives by SCM_RIGHTS). Caller holds lock().
@@ -88,6 +96,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   Status connect_locked();
   void disconnect_locked() noexcept;
   Status ensure_connected_locked();
+  /// Sends one request, which `frame(request_id)` writes into wbuf_ (again if
+  /// it is resent on a new connection), and receives its reply.
+  Result<const wire::Message*> call_framed_locked(wire::Body type, const std::function<void(std::uint32_t)>& frame,
+                                                  std::vector<int>* fds);
   /// Sends the whole frame; `sent` (if given) says how much went out.
   Status send_frame_locked(const std::vector<std::byte>& frame, std::size_t* sent = nullptr);
   /// Receives the reply to `request_id` into rbuf_ and verifies it; the view

@@ -881,3 +881,121 @@ TEST_CASE("put_of_a_non_contiguous_view_stores_it_packed_in_c_order") {
 }
 
 }  // namespace
+
+// ---- small puts in one round trip (PutBytes) ---------------------------------------
+
+namespace {
+
+wire::PutBytesT put_bytes_request(const std::string& name, DType dtype, std::vector<std::int64_t> shape,
+                                  std::vector<std::uint8_t> data) {
+  wire::PutBytesT m;
+  m.name = name;
+  m.dtype = std::make_unique<wire::DType>(protocol::to_wire(dtype));
+  m.shape = std::move(shape);
+  m.data = std::move(data);
+  return m;
+}
+
+std::vector<std::uint8_t> counting(std::size_t n) {
+  std::vector<std::uint8_t> v(n);
+  for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(i * 13 + 5);
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("a_put_bytes_request_creates_fills_and_seals_in_one_round_trip") {
+  Daemon d;
+  auto c = d.connect();
+  CHECK((c.daemon_info().features & protocol::kFeaturePutBytes) != 0);
+  RawSocket raw(d.socket_path());
+  raw.hello();
+  auto r = request(raw, put_bytes_request("small/one", dtypes::kInt16, {3, 5}, counting(30)));
+  REQUIRE(r->body.AsSealReply() != nullptr);
+  const auto& desc = *r->body.AsSealReply()->object;
+  CHECK(desc.sealed);
+  CHECK(desc.nbytes == 30);
+  CHECK(desc.shape == std::vector<std::int64_t>{3, 5});
+  auto o = c.get("small/one");
+  const auto* p = static_cast<const std::uint8_t*>(o.data());
+  CHECK(std::vector<std::uint8_t>(p, p + 30) == counting(30));
+  CHECK(o.info().version == desc.version);
+  auto empty = request(raw, put_bytes_request("small/empty", dtypes::kFloat32, {4, 0}, {}));
+  REQUIRE(empty->body.AsSealReply() != nullptr);
+  CHECK(empty->body.AsSealReply()->object->nbytes == 0);
+  CHECK(c.stats().open_creates == 0);
+}
+
+TEST_CASE("a_put_bytes_request_whose_data_does_not_fit_its_layout_fails_and_leaves_nothing") {
+  Daemon d;
+  auto c = d.connect();
+  RawSocket raw(d.socket_path());
+  raw.hello();
+  for (std::size_t n : {std::size_t{0}, std::size_t{29}, std::size_t{31}, std::size_t{4096}}) {
+    CAPTURE(n);
+    auto r = request(raw, put_bytes_request("small/bad", dtypes::kInt16, {3, 5}, counting(n)));
+    REQUIRE(r->body.AsErrorReply() != nullptr);
+    CHECK(code_of(r) == Errc::invalid_argument);
+    CHECK(r->body.AsErrorReply()->message ==
+          "put 'small/bad': " + std::to_string(n) + " bytes of data for an object of 30 bytes (int16, 2 dimension(s))");
+  }
+  CHECK(code_of(request(raw, put_bytes_request("a/../b", dtypes::kUInt8, {1}, counting(1)))) == Errc::invalid_name);
+  CHECK(code_of(request(raw, put_bytes_request("odd", DType{3, 64, 1}, {1}, counting(8)))) ==
+        Errc::unsupported_dtype);
+  CHECK(error_of([&] { (void)c.get("small/bad"); }) == Errc::not_found);
+  const auto s = c.stats();
+  CHECK(s.open_creates == 0);
+  CHECK(s.pool_used_bytes == 0);
+  CHECK(code_of(request(raw, put_bytes_request("small/ok", dtypes::kUInt8, {3}, counting(3)))) == Errc::ok);
+}
+
+TEST_CASE("a_put_bytes_request_in_a_full_pool_fails_with_pool_exhausted_and_leaves_nothing") {
+  Daemon d;
+  auto c = d.connect();
+  std::vector<Buffer> held;  // open creates fill the pool
+  for (std::int64_t size : {std::int64_t{kMiB}, std::int64_t{4096}})
+    for (;;) {
+      try {
+        held.push_back(c.create("fill/" + std::to_string(held.size()), dtypes::kUInt8, {size}));
+      } catch (const Exception& e) {
+        REQUIRE(e.code() == Errc::pool_exhausted);
+        break;
+      }
+    }
+  const auto before = c.stats();
+  RawSocket raw(d.socket_path());
+  raw.hello();
+  auto r = request(raw, put_bytes_request("small/nospace", dtypes::kUInt8, {4096}, counting(4096)));
+  CHECK(code_of(r) == Errc::pool_exhausted);
+  const auto after = c.stats();
+  CHECK(after.open_creates == before.open_creates);
+  CHECK(after.pool_used_bytes == before.pool_used_bytes);
+  // Waiting for space: the request's bytes (read before the wait) still land
+  // once another connection's creates are aborted.
+  auto waiting = put_bytes_request("small/waited", dtypes::kUInt8, {4096}, counting(4096));
+  waiting.timeout_ms = 10000;
+  std::thread freer([&] {
+    std::this_thread::sleep_for(std::chrono::milliseconds(200));
+    held.clear();  // aborted: the space comes back
+  });
+  auto waited = request(raw, std::move(waiting));
+  freer.join();
+  REQUIRE(waited->body.AsSealReply() != nullptr);
+  auto o = c.get("small/waited");
+  const auto* p = static_cast<const std::uint8_t*>(o.data());
+  CHECK(std::vector<std::uint8_t>(p, p + 4096) == counting(4096));
+}
+
+TEST_CASE("puts_at_and_just_past_the_one_round_trip_size_both_arrive_whole") {
+  Daemon d;
+  auto c = d.connect();
+  for (std::size_t n : {std::size_t{protocol::kMaxPutBytes}, std::size_t{protocol::kMaxPutBytes} + 8}) {
+    CAPTURE(n);
+    std::vector<std::uint8_t> src(n);
+    fill_pattern(src.data(), n, n);
+    const auto info = c.put("edge", HostView{src.data(), dtypes::kFloat64, {static_cast<std::int64_t>(n / 8)}, {}});
+    CHECK(info.nbytes == n);
+    CHECK(checksum(c.get("edge").data(), n) == pattern_checksum(n, n));
+  }
+  CHECK(c.stats().open_creates == 0);
+}

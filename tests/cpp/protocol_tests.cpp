@@ -144,10 +144,12 @@ TEST_CASE("hello_reply_round_trips_with_its_segment_list") {
   m.page_size = 4096;
   m.max_frame = proto::kMaxPayload;
   m.cuda_devices = 2;
+  m.features = proto::kFeatures;
   m.segments.push_back(sample_segment(1, false));
   m.segments.push_back(sample_segment(2, false));
   auto d = round_trip(m);
   const auto& b = body_as<wire::HelloReplyT>(d);
+  CHECK(b.features == proto::kFeaturePutBytes);
   CHECK(b.protocol_version == proto::kVersion);
   CHECK(b.daemon_version == "0.1.0");
   CHECK(b.instance == "default");
@@ -345,6 +347,34 @@ TEST_CASE("cuda_put_round_trips_with_its_handles_and_layout") {
   CHECK(b.share == wire::Share::Group);
 }
 
+TEST_CASE("put_bytes_round_trips_with_its_layout_and_data") {
+  wire::PutBytesT m;
+  m.name = "small/0";
+  m.dtype = std::make_unique<wire::DType>(proto::to_wire(dtypes::kBfloat16));
+  m.shape = {2, 3};
+  m.strides = {1, 2};
+  m.timeout_ms = 7;
+  m.share = wire::Share::Everyone;
+  m.data = counting_bytes(12, 3);
+  auto d = round_trip(m);
+  const auto& b = body_as<wire::PutBytesT>(d);
+  CHECK(b.name == "small/0");
+  REQUIRE(b.dtype != nullptr);
+  CHECK(proto::from_wire(*b.dtype) == dtypes::kBfloat16);
+  CHECK(b.shape == std::vector<std::int64_t>{2, 3});
+  CHECK(b.strides == std::vector<std::int64_t>{1, 2});
+  CHECK(b.timeout_ms == 7);
+  CHECK(b.share == wire::Share::Everyone);
+  CHECK(b.data == counting_bytes(12, 3));
+}
+
+TEST_CASE("hello_reply_from_a_daemon_without_features_reads_as_none") {
+  wire::HelloReplyT m;  // as an older daemon sends it: no features field
+  m.protocol_version = proto::kVersion;
+  auto d = round_trip(m);
+  CHECK(body_as<wire::HelloReplyT>(d).features == 0);
+}
+
 TEST_CASE("cuda_forget_round_trips_with_its_handle") {
   wire::CudaForgetT m;
   m.mem_handle = counting_bytes(64, 7);
@@ -373,9 +403,9 @@ TEST_CASE_TEMPLATE("replies_carrying_an_object_round_trip_with_the_whole_descrip
 }
 
 TEST_CASE("every_body_type_has_a_round_trip_test_and_a_name") {
-  // The round trips in this file cover Body::Hello .. Body::ErrorReply; a
+  // The round trips in this file cover Body::Hello .. Body::PutBytes; a
   // new message type added to the schema shows up here first.
-  CHECK(static_cast<int>(wire::Body::MAX) == 24);
+  CHECK(static_cast<int>(wire::Body::MAX) == 25);
   for (int t = 1; t <= static_cast<int>(wire::Body::MAX); ++t)
     CHECK(std::string(proto::type_name(static_cast<std::uint16_t>(t))) != "Unknown");
   CHECK(std::string(proto::type_name(static_cast<std::uint16_t>(wire::Body::Get))) == "Get");

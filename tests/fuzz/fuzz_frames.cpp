@@ -362,6 +362,7 @@ int write_seeds(const std::string& dir) {
     m.instance = "default";
     m.page_size = 4096;
     m.max_frame = proto::kMaxPayload;
+    m.features = proto::kFeatures;
     auto s = std::make_unique<wire::SegmentInfoT>();
     s->id = 1;
     s->name = "tensorshm.default.p1";
@@ -370,6 +371,14 @@ int write_seeds(const std::string& dir) {
     save("rep-hello", frame(std::move(m), 3));
   }
   save("req-create", frame(sample_create("camera/0"), 3));
+  {
+    wire::PutBytesT m;
+    m.name = "small/0";
+    m.dtype = std::make_unique<wire::DType>(proto::to_wire(dtypes::kFloat32));
+    m.shape = {2, 2};
+    m.data.assign(16, 0x3f);
+    save("req-put-bytes", frame(std::move(m), 3));
+  }
   {
     auto m = sample_create("strided");
     m.strides = {1, 16};

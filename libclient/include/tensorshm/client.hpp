@@ -116,6 +116,7 @@ struct DaemonInfo {
   std::uint32_t protocol_version = 0;
   std::uint32_t page_size = 0;
   int cuda_devices = 0;
+  std::uint64_t features = 0;  // protocol::kFeature* bits: optional requests the daemon understands
   std::vector<SegmentInfo> segments;
 };
 
@@ -226,6 +227,8 @@ class Client {
   }
   /// create + one copy + seal. Keeps the source's strides when they are C or
   /// Fortran order (and options.strides is empty); packs other layouts to C.
+  /// Objects of at most 32 KiB (protocol::kMaxPutBytes) go in one round trip
+  /// with their bytes (PutBytes), when the daemon offers it.
   ObjectInfo put(std::string_view name, const HostView& src, const CreateOptions& options = {});
   /// The latest version (or one newer than options.newer_than), leased.
   Object get(std::string_view name, const GetOptions& options = {});

@@ -36,6 +36,13 @@ inline constexpr std::uint16_t kVersionMismatchType = 0xFFFF;
 inline constexpr std::uint32_t kMaxTables = 1u << 20;
 inline constexpr std::uint32_t kMaxListLimit = 100000;
 inline constexpr int kMaxDims = 32;
+/// HelloReply.features: the daemon understands PutBytes.
+inline constexpr std::uint64_t kFeaturePutBytes = 1;
+/// Every feature this build's daemon offers.
+inline constexpr std::uint64_t kFeatures = kFeaturePutBytes;
+/// Largest object a client puts with PutBytes (one round trip, its bytes in
+/// the frame); larger ones go create, copy into the mapping, seal.
+inline constexpr std::uint64_t kMaxPutBytes = 32u << 10;
 
 struct FrameHeader {
   std::uint32_t magic = kMagic;

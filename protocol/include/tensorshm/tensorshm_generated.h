@@ -122,6 +122,10 @@ struct ErrorReply;
 struct ErrorReplyBuilder;
 struct ErrorReplyT;
 
+struct PutBytes;
+struct PutBytesBuilder;
+struct PutBytesT;
+
 struct Message;
 struct MessageBuilder;
 struct MessageT;
@@ -186,11 +190,12 @@ enum class Body : uint8_t {
   CudaForget = 22,
   Ok = 23,
   ErrorReply = 24,
+  PutBytes = 25,
   MIN = NONE,
-  MAX = ErrorReply
+  MAX = PutBytes
 };
 
-inline const Body (&EnumValuesBody())[25] {
+inline const Body (&EnumValuesBody())[26] {
   static const Body values[] = {
     Body::NONE,
     Body::Hello,
@@ -216,13 +221,14 @@ inline const Body (&EnumValuesBody())[25] {
     Body::CudaPutReply,
     Body::CudaForget,
     Body::Ok,
-    Body::ErrorReply
+    Body::ErrorReply,
+    Body::PutBytes
   };
   return values;
 }
 
 inline const char * const *EnumNamesBody() {
-  static const char * const names[26] = {
+  static const char * const names[27] = {
     "NONE",
     "Hello",
     "HelloReply",
@@ -248,13 +254,14 @@ inline const char * const *EnumNamesBody() {
     "CudaForget",
     "Ok",
     "ErrorReply",
+    "PutBytes",
     nullptr
   };
   return names;
 }
 
 inline const char *EnumNameBody(Body e) {
-  if (flatbuffers::IsOutRange(e, Body::NONE, Body::ErrorReply)) return "";
+  if (flatbuffers::IsOutRange(e, Body::NONE, Body::PutBytes)) return "";
   const size_t index = static_cast<size_t>(e);
   return EnumNamesBody()[index];
 }
@@ -359,6 +366,10 @@ template<> struct BodyTraits<tensorshm::wire::ErrorReply> {
   static const Body enum_value = Body::ErrorReply;
 };
 
+template<> struct BodyTraits<tensorshm::wire::PutBytes> {
+  static const Body enum_value = Body::PutBytes;
+};
+
 template<typename T> struct BodyUnionTraits {
   static const Body enum_value = Body::NONE;
 };
@@ -457,6 +468,10 @@ template<> struct BodyUnionTraits<tensorshm::wire::OkT> {
 
 template<> struct BodyUnionTraits<tensorshm::wire::ErrorReplyT> {
   static const Body enum_value = Body::ErrorReply;
+};
+
+template<> struct BodyUnionTraits<tensorshm::wire::PutBytesT> {
+  static const Body enum_value = Body::PutBytes;
 };
 
 struct BodyUnion {
@@ -680,6 +695,14 @@ struct BodyUnion {
   const tensorshm::wire::ErrorReplyT *AsErrorReply() const {
     return type == Body::ErrorReply ?
       reinterpret_cast<const tensorshm::wire::ErrorReplyT *>(value) : nullptr;
+  }
+  tensorshm::wire::PutBytesT *AsPutBytes() {
+    return type == Body::PutBytes ?
+      reinterpret_cast<tensorshm::wire::PutBytesT *>(value) : nullptr;
+  }
+  const tensorshm::wire::PutBytesT *AsPutBytes() const {
+    return type == Body::PutBytes ?
+      reinterpret_cast<const tensorshm::wire::PutBytesT *>(value) : nullptr;
   }
 };
 
@@ -1205,6 +1228,7 @@ struct HelloReplyT : public flatbuffers::NativeTable {
   uint32_t max_frame = 0;
   std::vector<std::unique_ptr<tensorshm::wire::SegmentInfoT>> segments{};
   int32_t cuda_devices = 0;
+  uint64_t features = 0;
   HelloReplyT() = default;
   HelloReplyT(const HelloReplyT &o);
   HelloReplyT(HelloReplyT&&) FLATBUFFERS_NOEXCEPT = default;
@@ -1222,7 +1246,8 @@ struct HelloReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
     VT_PAGE_SIZE = 10,
     VT_MAX_FRAME = 12,
     VT_SEGMENTS = 14,
-    VT_CUDA_DEVICES = 16
+    VT_CUDA_DEVICES = 16,
+    VT_FEATURES = 18
   };
   uint32_t protocol_version() const {
     return GetField<uint32_t>(VT_PROTOCOL_VERSION, 0);
@@ -1245,6 +1270,9 @@ struct HelloReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   int32_t cuda_devices() const {
     return GetField<int32_t>(VT_CUDA_DEVICES, 0);
   }
+  uint64_t features() const {
+    return GetField<uint64_t>(VT_FEATURES, 0);
+  }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
            VerifyField<uint32_t>(verifier, VT_PROTOCOL_VERSION, 4) &&
@@ -1258,6 +1286,7 @@ struct HelloReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
            verifier.VerifyVector(segments()) &&
            verifier.VerifyVectorOfTables(segments()) &&
            VerifyField<int32_t>(verifier, VT_CUDA_DEVICES, 4) &&
+           VerifyField<uint64_t>(verifier, VT_FEATURES, 8) &&
            verifier.EndTable();
   }
   HelloReplyT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
@@ -1290,6 +1319,9 @@ struct HelloReplyBuilder {
   void add_cuda_devices(int32_t cuda_devices) {
     fbb_.AddElement<int32_t>(HelloReply::VT_CUDA_DEVICES, cuda_devices, 0);
   }
+  void add_features(uint64_t features) {
+    fbb_.AddElement<uint64_t>(HelloReply::VT_FEATURES, features, 0);
+  }
   explicit HelloReplyBuilder(flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -1309,8 +1341,10 @@ inline flatbuffers::Offset<HelloReply> CreateHelloReply(
     uint32_t page_size = 0,
     uint32_t max_frame = 0,
     flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<tensorshm::wire::SegmentInfo>>> segments = 0,
-    int32_t cuda_devices = 0) {
+    int32_t cuda_devices = 0,
+    uint64_t features = 0) {
   HelloReplyBuilder builder_(_fbb);
+  builder_.add_features(features);
   builder_.add_cuda_devices(cuda_devices);
   builder_.add_segments(segments);
   builder_.add_max_frame(max_frame);
@@ -1334,7 +1368,8 @@ inline flatbuffers::Offset<HelloReply> CreateHelloReplyDirect(
     uint32_t page_size = 0,
     uint32_t max_frame = 0,
     const std::vector<flatbuffers::Offset<tensorshm::wire::SegmentInfo>> *segments = nullptr,
-    int32_t cuda_devices = 0) {
+    int32_t cuda_devices = 0,
+    uint64_t features = 0) {
   auto daemon_version__ = daemon_version ? _fbb.CreateString(daemon_version) : 0;
   auto instance__ = instance ? _fbb.CreateString(instance) : 0;
   auto segments__ = segments ? _fbb.CreateVector<flatbuffers::Offset<tensorshm::wire::SegmentInfo>>(*segments) : 0;
@@ -1346,7 +1381,8 @@ inline flatbuffers::Offset<HelloReply> CreateHelloReplyDirect(
       page_size,
       max_frame,
       segments__,
-      cuda_devices);
+      cuda_devices,
+      features);
 }
 
 flatbuffers::Offset<HelloReply> CreateHelloReply(flatbuffers::FlatBufferBuilder &_fbb, const HelloReplyT *_o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
@@ -3200,6 +3236,165 @@ inline flatbuffers::Offset<ErrorReply> CreateErrorReplyDirect(
 
 flatbuffers::Offset<ErrorReply> CreateErrorReply(flatbuffers::FlatBufferBuilder &_fbb, const ErrorReplyT *_o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
 
+struct PutBytesT : public flatbuffers::NativeTable {
+  typedef PutBytes TableType;
+  std::string name{};
+  std::unique_ptr<tensorshm::wire::DType> dtype{};
+  std::vector<int64_t> shape{};
+  std::vector<int64_t> strides{};
+  int64_t timeout_ms = 0;
+  tensorshm::wire::Share share = tensorshm::wire::Share::Owner;
+  std::vector<uint8_t> data{};
+  PutBytesT() = default;
+  PutBytesT(const PutBytesT &o);
+  PutBytesT(PutBytesT&&) FLATBUFFERS_NOEXCEPT = default;
+  PutBytesT &operator=(PutBytesT o) FLATBUFFERS_NOEXCEPT;
+};
+
+/// A small host object in one round trip: create, the bytes (the whole
+/// object in its layout, at most protocol::kMaxPutBytes), seal. Answered
+/// with SealReply. Daemons that list kFeaturePutBytes in HelloReply.features.
+struct PutBytes FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
+  typedef PutBytesT NativeTableType;
+  typedef PutBytesBuilder Builder;
+  struct Traits;
+  enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
+    VT_NAME = 4,
+    VT_DTYPE = 6,
+    VT_SHAPE = 8,
+    VT_STRIDES = 10,
+    VT_TIMEOUT_MS = 12,
+    VT_SHARE = 14,
+    VT_DATA = 16
+  };
+  const flatbuffers::String *name() const {
+    return GetPointer<const flatbuffers::String *>(VT_NAME);
+  }
+  const tensorshm::wire::DType *dtype() const {
+    return GetStruct<const tensorshm::wire::DType *>(VT_DTYPE);
+  }
+  const flatbuffers::Vector<int64_t> *shape() const {
+    return GetPointer<const flatbuffers::Vector<int64_t> *>(VT_SHAPE);
+  }
+  const flatbuffers::Vector<int64_t> *strides() const {
+    return GetPointer<const flatbuffers::Vector<int64_t> *>(VT_STRIDES);
+  }
+  int64_t timeout_ms() const {
+    return GetField<int64_t>(VT_TIMEOUT_MS, 0);
+  }
+  tensorshm::wire::Share share() const {
+    return static_cast<tensorshm::wire::Share>(GetField<uint8_t>(VT_SHARE, 0));
+  }
+  const flatbuffers::Vector<uint8_t> *data() const {
+    return GetPointer<const flatbuffers::Vector<uint8_t> *>(VT_DATA);
+  }
+  bool Verify(flatbuffers::Verifier &verifier) const {
+    return VerifyTableStart(verifier) &&
+           VerifyOffset(verifier, VT_NAME) &&
+           verifier.VerifyString(name()) &&
+           VerifyField<tensorshm::wire::DType>(verifier, VT_DTYPE, 2) &&
+           VerifyOffset(verifier, VT_SHAPE) &&
+           verifier.VerifyVector(shape()) &&
+           VerifyOffset(verifier, VT_STRIDES) &&
+           verifier.VerifyVector(strides()) &&
+           VerifyField<int64_t>(verifier, VT_TIMEOUT_MS, 8) &&
+           VerifyField<uint8_t>(verifier, VT_SHARE, 1) &&
+           VerifyOffset(verifier, VT_DATA) &&
+           verifier.VerifyVector(data()) &&
+           verifier.EndTable();
+  }
+  PutBytesT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
+  void UnPackTo(PutBytesT *_o, const flatbuffers::resolver_function_t *_resolver = nullptr) const;
+  static flatbuffers::Offset<PutBytes> Pack(flatbuffers::FlatBufferBuilder &_fbb, const PutBytesT* _o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
+};
+
+struct PutBytesBuilder {
+  typedef PutBytes Table;
+  flatbuffers::FlatBufferBuilder &fbb_;
+  flatbuffers::uoffset_t start_;
+  void add_name(flatbuffers::Offset<flatbuffers::String> name) {
+    fbb_.AddOffset(PutBytes::VT_NAME, name);
+  }
+  void add_dtype(const tensorshm::wire::DType *dtype) {
+    fbb_.AddStruct(PutBytes::VT_DTYPE, dtype);
+  }
+  void add_shape(flatbuffers::Offset<flatbuffers::Vector<int64_t>> shape) {
+    fbb_.AddOffset(PutBytes::VT_SHAPE, shape);
+  }
+  void add_strides(flatbuffers::Offset<flatbuffers::Vector<int64_t>> strides) {
+    fbb_.AddOffset(PutBytes::VT_STRIDES, strides);
+  }
+  void add_timeout_ms(int64_t timeout_ms) {
+    fbb_.AddElement<int64_t>(PutBytes::VT_TIMEOUT_MS, timeout_ms, 0);
+  }
+  void add_share(tensorshm::wire::Share share) {
+    fbb_.AddElement<uint8_t>(PutBytes::VT_SHARE, static_cast<uint8_t>(share), 0);
+  }
+  void add_data(flatbuffers::Offset<flatbuffers::Vector<uint8_t>> data) {
+    fbb_.AddOffset(PutBytes::VT_DATA, data);
+  }
+  explicit PutBytesBuilder(flatbuffers::FlatBufferBuilder &_fbb)
+        : fbb_(_fbb) {
+    start_ = fbb_.StartTable();
+  }
+  flatbuffers::Offset<PutBytes> Finish() {
+    const auto end = fbb_.EndTable(start_);
+    auto o = flatbuffers::Offset<PutBytes>(end);
+    return o;
+  }
+};
+
+inline flatbuffers::Offset<PutBytes> CreatePutBytes(
+    flatbuffers::FlatBufferBuilder &_fbb,
+    flatbuffers::Offset<flatbuffers::String> name = 0,
+    const tensorshm::wire::DType *dtype = nullptr,
+    flatbuffers::Offset<flatbuffers::Vector<int64_t>> shape = 0,
+    flatbuffers::Offset<flatbuffers::Vector<int64_t>> strides = 0,
+    int64_t timeout_ms = 0,
+    tensorshm::wire::Share share = tensorshm::wire::Share::Owner,
+    flatbuffers::Offset<flatbuffers::Vector<uint8_t>> data = 0) {
+  PutBytesBuilder builder_(_fbb);
+  builder_.add_timeout_ms(timeout_ms);
+  builder_.add_data(data);
+  builder_.add_strides(strides);
+  builder_.add_shape(shape);
+  builder_.add_dtype(dtype);
+  builder_.add_name(name);
+  builder_.add_share(share);
+  return builder_.Finish();
+}
+
+struct PutBytes::Traits {
+  using type = PutBytes;
+  static auto constexpr Create = CreatePutBytes;
+};
+
+inline flatbuffers::Offset<PutBytes> CreatePutBytesDirect(
+    flatbuffers::FlatBufferBuilder &_fbb,
+    const char *name = nullptr,
+    const tensorshm::wire::DType *dtype = nullptr,
+    const std::vector<int64_t> *shape = nullptr,
+    const std::vector<int64_t> *strides = nullptr,
+    int64_t timeout_ms = 0,
+    tensorshm::wire::Share share = tensorshm::wire::Share::Owner,
+    const std::vector<uint8_t> *data = nullptr) {
+  auto name__ = name ? _fbb.CreateString(name) : 0;
+  auto shape__ = shape ? _fbb.CreateVector<int64_t>(*shape) : 0;
+  auto strides__ = strides ? _fbb.CreateVector<int64_t>(*strides) : 0;
+  auto data__ = data ? _fbb.CreateVector<uint8_t>(*data) : 0;
+  return tensorshm::wire::CreatePutBytes(
+      _fbb,
+      name__,
+      dtype,
+      shape__,
+      strides__,
+      timeout_ms,
+      share,
+      data__);
+}
+
+flatbuffers::Offset<PutBytes> CreatePutBytes(flatbuffers::FlatBufferBuilder &_fbb, const PutBytesT *_o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
+
 struct MessageT : public flatbuffers::NativeTable {
   typedef Message TableType;
   tensorshm::wire::BodyUnion body{};
@@ -3291,6 +3486,9 @@ struct Message FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   }
   const tensorshm::wire::ErrorReply *body_as_ErrorReply() const {
     return body_type() == tensorshm::wire::Body::ErrorReply ? static_cast<const tensorshm::wire::ErrorReply *>(body()) : nullptr;
+  }
+  const tensorshm::wire::PutBytes *body_as_PutBytes() const {
+    return body_type() == tensorshm::wire::Body::PutBytes ? static_cast<const tensorshm::wire::PutBytes *>(body()) : nullptr;
   }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
@@ -3398,6 +3596,10 @@ template<> inline const tensorshm::wire::Ok *Message::body_as<tensorshm::wire::O
 
 template<> inline const tensorshm::wire::ErrorReply *Message::body_as<tensorshm::wire::ErrorReply>() const {
   return body_as_ErrorReply();
+}
+
+template<> inline const tensorshm::wire::PutBytes *Message::body_as<tensorshm::wire::PutBytes>() const {
+  return body_as_PutBytes();
 }
 
 struct MessageBuilder {
@@ -3621,7 +3823,8 @@ inline HelloReplyT::HelloReplyT(const HelloReplyT &o)
         instance(o.instance),
         page_size(o.page_size),
         max_frame(o.max_frame),
-        cuda_devices(o.cuda_devices) {
+        cuda_devices(o.cuda_devices),
+        features(o.features) {
   segments.reserve(o.segments.size());
   for (const auto &segments_ : o.segments) { segments.emplace_back((segments_) ? new tensorshm::wire::SegmentInfoT(*segments_) : nullptr); }
 }
@@ -3634,6 +3837,7 @@ inline HelloReplyT &HelloReplyT::operator=(HelloReplyT o) FLATBUFFERS_NOEXCEPT {
   std::swap(max_frame, o.max_frame);
   std::swap(segments, o.segments);
   std::swap(cuda_devices, o.cuda_devices);
+  std::swap(features, o.features);
   return *this;
 }
 
@@ -3653,6 +3857,7 @@ inline void HelloReply::UnPackTo(HelloReplyT *_o, const flatbuffers::resolver_fu
   { auto _e = max_frame(); _o->max_frame = _e; }
   { auto _e = segments(); if (_e) { _o->segments.resize(_e->size()); for (flatbuffers::uoffset_t _i = 0; _i < _e->size(); _i++) { _o->segments[_i] = std::unique_ptr<tensorshm::wire::SegmentInfoT>(_e->Get(_i)->UnPack(_resolver)); } } }
   { auto _e = cuda_devices(); _o->cuda_devices = _e; }
+  { auto _e = features(); _o->features = _e; }
 }
 
 inline flatbuffers::Offset<HelloReply> HelloReply::Pack(flatbuffers::FlatBufferBuilder &_fbb, const HelloReplyT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
@@ -3670,6 +3875,7 @@ inline flatbuffers::Offset<HelloReply> CreateHelloReply(flatbuffers::FlatBufferB
   auto _max_frame = _o->max_frame;
   auto _segments = _o->segments.size() ? _fbb.CreateVector<flatbuffers::Offset<tensorshm::wire::SegmentInfo>> (_o->segments.size(), [](size_t i, _VectorArgs *__va) { return CreateSegmentInfo(*__va->__fbb, __va->__o->segments[i].get(), __va->__rehasher); }, &_va ) : 0;
   auto _cuda_devices = _o->cuda_devices;
+  auto _features = _o->features;
   return tensorshm::wire::CreateHelloReply(
       _fbb,
       _protocol_version,
@@ -3678,7 +3884,8 @@ inline flatbuffers::Offset<HelloReply> CreateHelloReply(flatbuffers::FlatBufferB
       _page_size,
       _max_frame,
       _segments,
-      _cuda_devices);
+      _cuda_devices,
+      _features);
 }
 
 inline CreateObjectT::CreateObjectT(const CreateObjectT &o)
@@ -4474,6 +4681,71 @@ inline flatbuffers::Offset<ErrorReply> CreateErrorReply(flatbuffers::FlatBufferB
       _message);
 }
 
+inline PutBytesT::PutBytesT(const PutBytesT &o)
+      : name(o.name),
+        dtype((o.dtype) ? new tensorshm::wire::DType(*o.dtype) : nullptr),
+        shape(o.shape),
+        strides(o.strides),
+        timeout_ms(o.timeout_ms),
+        share(o.share),
+        data(o.data) {
+}
+
+inline PutBytesT &PutBytesT::operator=(PutBytesT o) FLATBUFFERS_NOEXCEPT {
+  std::swap(name, o.name);
+  std::swap(dtype, o.dtype);
+  std::swap(shape, o.shape);
+  std::swap(strides, o.strides);
+  std::swap(timeout_ms, o.timeout_ms);
+  std::swap(share, o.share);
+  std::swap(data, o.data);
+  return *this;
+}
+
+inline PutBytesT *PutBytes::UnPack(const flatbuffers::resolver_function_t *_resolver) const {
+  auto _o = std::make_unique<PutBytesT>();
+  UnPackTo(_o.get(), _resolver);
+  return _o.release();
+}
+
+inline void PutBytes::UnPackTo(PutBytesT *_o, const flatbuffers::resolver_function_t *_resolver) const {
+  (void)_o;
+  (void)_resolver;
+  { auto _e = name(); if (_e) _o->name = _e->str(); }
+  { auto _e = dtype(); if (_e) _o->dtype = std::unique_ptr<tensorshm::wire::DType>(new tensorshm::wire::DType(*_e)); }
+  { auto _e = shape(); if (_e) { _o->shape.resize(_e->size()); for (flatbuffers::uoffset_t _i = 0; _i < _e->size(); _i++) { _o->shape[_i] = _e->Get(_i); } } }
+  { auto _e = strides(); if (_e) { _o->strides.resize(_e->size()); for (flatbuffers::uoffset_t _i = 0; _i < _e->size(); _i++) { _o->strides[_i] = _e->Get(_i); } } }
+  { auto _e = timeout_ms(); _o->timeout_ms = _e; }
+  { auto _e = share(); _o->share = _e; }
+  { auto _e = data(); if (_e) { _o->data.resize(_e->size()); std::copy(_e->begin(), _e->end(), _o->data.begin()); } }
+}
+
+inline flatbuffers::Offset<PutBytes> PutBytes::Pack(flatbuffers::FlatBufferBuilder &_fbb, const PutBytesT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
+  return CreatePutBytes(_fbb, _o, _rehasher);
+}
+
+inline flatbuffers::Offset<PutBytes> CreatePutBytes(flatbuffers::FlatBufferBuilder &_fbb, const PutBytesT *_o, const flatbuffers::rehasher_function_t *_rehasher) {
+  (void)_rehasher;
+  (void)_o;
+  struct _VectorArgs { flatbuffers::FlatBufferBuilder *__fbb; const PutBytesT* __o; const flatbuffers::rehasher_function_t *__rehasher; } _va = { &_fbb, _o, _rehasher}; (void)_va;
+  auto _name = _o->name.empty() ? 0 : _fbb.CreateString(_o->name);
+  auto _dtype = _o->dtype ? _o->dtype.get() : nullptr;
+  auto _shape = _o->shape.size() ? _fbb.CreateVector(_o->shape) : 0;
+  auto _strides = _o->strides.size() ? _fbb.CreateVector(_o->strides) : 0;
+  auto _timeout_ms = _o->timeout_ms;
+  auto _share = _o->share;
+  auto _data = _o->data.size() ? _fbb.CreateVector(_o->data) : 0;
+  return tensorshm::wire::CreatePutBytes(
+      _fbb,
+      _name,
+      _dtype,
+      _shape,
+      _strides,
+      _timeout_ms,
+      _share,
+      _data);
+}
+
 inline MessageT *Message::UnPack(const flatbuffers::resolver_function_t *_resolver) const {
   auto _o = std::make_unique<MessageT>();
   UnPackTo(_o.get(), _resolver);
@@ -4604,6 +4876,10 @@ inline bool VerifyBody(flatbuffers::Verifier &verifier, const void *obj, Body ty
       auto ptr = reinterpret_cast<const tensorshm::wire::ErrorReply *>(obj);
       return verifier.VerifyTable(ptr);
     }
+    case Body::PutBytes: {
+      auto ptr = reinterpret_cast<const tensorshm::wire::PutBytes *>(obj);
+      return verifier.VerifyTable(ptr);
+    }
     default: return true;
   }
 }
@@ -4719,6 +4995,10 @@ inline void *BodyUnion::UnPack(const void *obj, Body type, const flatbuffers::re
       auto ptr = reinterpret_cast<const tensorshm::wire::ErrorReply *>(obj);
       return ptr->UnPack(resolver);
     }
+    case Body::PutBytes: {
+      auto ptr = reinterpret_cast<const tensorshm::wire::PutBytes *>(obj);
+      return ptr->UnPack(resolver);
+    }
     default: return nullptr;
   }
 }
@@ -4822,6 +5102,10 @@ inline flatbuffers::Offset<void> BodyUnion::Pack(flatbuffers::FlatBufferBuilder 
       auto ptr = reinterpret_cast<const tensorshm::wire::ErrorReplyT *>(value);
       return CreateErrorReply(_fbb, ptr, _rehasher).Union();
     }
+    case Body::PutBytes: {
+      auto ptr = reinterpret_cast<const tensorshm::wire::PutBytesT *>(value);
+      return CreatePutBytes(_fbb, ptr, _rehasher).Union();
+    }
     default: return 0;
   }
 }
@@ -4922,6 +5206,10 @@ inline BodyUnion::BodyUnion(const BodyUnion &u) : type(u.type), value(nullptr) {
     }
     case Body::ErrorReply: {
       value = new tensorshm::wire::ErrorReplyT(*reinterpret_cast<tensorshm::wire::ErrorReplyT *>(u.value));
+      break;
+    }
+    case Body::PutBytes: {
+      value = new tensorshm::wire::PutBytesT(*reinterpret_cast<tensorshm::wire::PutBytesT *>(u.value));
       break;
     }
     default:
@@ -5048,6 +5336,11 @@ inline void BodyUnion::Reset() {
     }
     case Body::ErrorReply: {
       auto ptr = reinterpret_cast<tensorshm::wire::ErrorReplyT *>(value);
+      delete ptr;
+      break;
+    }
+    case Body::PutBytes: {
+      auto ptr = reinterpret_cast<tensorshm::wire::PutBytesT *>(value);
       delete ptr;
       break;
     }
