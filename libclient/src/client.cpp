@@ -161,33 +161,34 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
   const bool src_c = src.strides.empty() || detail::is_c_contiguous(src.shape, src.strides);
   const bool src_f = !src_c && detail::is_f_contiguous(src.shape, src.strides);
   if (opts.strides.empty() && src_f) opts.strides = src.strides;
-  if (options.strides.empty() && (conn_->info().features & protocol::kFeaturePutBytes) != 0)
-    if (auto dense = protocol::check_layout(src.dtype, src.shape, {}, protocol::kMaxPutBytes)) {
-      // Small: the bytes travel in the request, in the object's layout,
-      // written once, straight into the request.
-      const auto build = [&](flatbuffers::FlatBufferBuilder& fbb) {
-        std::uint8_t* bytes = nullptr;
-        const auto data = fbb.CreateUninitializedVector(*dense, &bytes);
-        if (src_c || src_f) {
-          if (*dense > 0) std::memcpy(bytes, src.data, *dense);
-        } else {
-          detail::strided_copy(bytes, protocol::c_strides(src.shape), src.data, src.strides, src.shape, itemsize);
-        }
-        const auto name_offset = fbb.CreateString(name.data(), name.size());
-        const auto shape = fbb.CreateVector(src.shape);
-        const auto strides = fbb.CreateVector(opts.strides);
-        const wire::DType dtype = protocol::to_wire(src.dtype);
-        const auto body = wire::CreatePutBytes(fbb, name_offset, &dtype, shape, strides, options.timeout.count(),
-                                               static_cast<wire::Share>(options.share), data);
-        fbb.Finish(wire::CreateMessage(fbb, wire::Body::PutBytes, body.Union()));
-      };
-      auto lk = conn_->lock();
-      auto reply = unwrap(conn_->call_built_locked(wire::Body::PutBytes, build));
-      const auto* sealed = reply->body_as_SealReply();
-      if (sealed == nullptr || sealed->object() == nullptr)
-        raise(Error{Errc::protocol_error, "put answered with something else"});
-      return detail::to_info(*sealed->object());
-    }
+  auto dense = protocol::check_layout(src.dtype, src.shape, {}, protocol::kMaxPutBytes);
+  auto lk = conn_->lock();  // info() changes when the connection is made again
+  if (dense && options.strides.empty() && (conn_->info().features & protocol::kFeaturePutBytes) != 0) {
+    // Small: the bytes travel in the request, in the object's layout,
+    // written once, straight into the request.
+    const auto build = [&](flatbuffers::FlatBufferBuilder& fbb) {
+      std::uint8_t* bytes = nullptr;
+      const auto data = fbb.CreateUninitializedVector(*dense, &bytes);
+      if (src_c || src_f) {
+        if (*dense > 0) std::memcpy(bytes, src.data, *dense);
+      } else {
+        detail::strided_copy(bytes, protocol::c_strides(src.shape), src.data, src.strides, src.shape, itemsize);
+      }
+      const auto name_offset = fbb.CreateString(name.data(), name.size());
+      const auto shape = fbb.CreateVector(src.shape);
+      const auto strides = fbb.CreateVector(opts.strides);
+      const wire::DType dtype = protocol::to_wire(src.dtype);
+      const auto body = wire::CreatePutBytes(fbb, name_offset, &dtype, shape, strides, options.timeout.count(),
+                                             static_cast<wire::Share>(options.share), data);
+      fbb.Finish(wire::CreateMessage(fbb, wire::Body::PutBytes, body.Union()));
+    };
+    auto reply = unwrap(conn_->call_built_locked(wire::Body::PutBytes, build));
+    const auto* sealed = reply->body_as_SealReply();
+    if (sealed == nullptr || sealed->object() == nullptr)
+      raise(Error{Errc::protocol_error, "put answered with something else"});
+    return detail::to_info(*sealed->object());
+  }
+  lk.unlock();
   Buffer b = create(name, src.dtype, src.shape, opts);
   const auto& dst_strides = b.info().strides;
   if ((src_c || src_f) && (src.strides.empty() ? detail::is_c_contiguous(src.shape, dst_strides)
