@@ -677,8 +677,13 @@ CudaCopyEngine::TimePoint CudaCopyEngine::share_link(Copy& c) {
   for (auto& [stream, q] : on_streams_) {
     if (stream == c.stream || q.empty() || copies_.at(q.front()).device != c.device) continue;
     c.shared = true;
-    for (const std::uint64_t id : q) copies_.at(id).shared = true;
-    busy = std::max(busy, copies_.at(q.back()).expected_end);
+    for (const std::uint64_t id : q) {
+      Copy& other = copies_.at(id);
+      other.shared = true;
+      // Only copies issued before c are ahead of it on the link (when a
+      // stream's next copy is predicted again, later ones may be queued).
+      if (other.issued <= c.issued) busy = std::max(busy, other.expected_end);
+    }
   }
   return busy;
 }

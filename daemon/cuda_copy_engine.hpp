@@ -246,7 +246,8 @@ class CudaCopyEngine final : public CopyEngine {
   void issue(Issue& w);
   /// Copy `c` (queued on its stream) shares its device's link with the
   /// copies queued on the device's other streams: marks them all `shared`
-  /// and returns when those are expected to be done ({}: none).
+  /// and returns when those issued before `c` are expected to be done ({}:
+  /// none).
   TimePoint share_link(Copy& c);
   /// Records the event that marks the end of copy `c` on its stream: an idle
   /// one of the device's or a new one; null when neither works (logged), and

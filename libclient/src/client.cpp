@@ -162,8 +162,13 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
   const bool src_f = !src_c && detail::is_f_contiguous(src.shape, src.strides);
   if (opts.strides.empty() && src_f) opts.strides = src.strides;
   auto dense = protocol::check_layout(src.dtype, src.shape, {}, protocol::kMaxPutBytes);
-  auto lk = conn_->lock();  // info() changes when the connection is made again
-  if (dense && options.strides.empty() && (conn_->info().features & protocol::kFeaturePutBytes) != 0) {
+  auto lk = conn_->lock();
+  bool one_trip = dense && options.strides.empty();
+  if (one_trip) {
+    if (auto s = conn_->ensure_connected_locked(); !s) raise(s.error());  // info() is then this daemon's
+    one_trip = (conn_->info().features & protocol::kFeaturePutBytes) != 0;
+  }
+  if (one_trip) {
     // Small: the bytes travel in the request, in the object's layout,
     // written once, straight into the request.
     const auto build = [&](flatbuffers::FlatBufferBuilder& fbb) {

@@ -58,6 +58,10 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Like call_locked, without unpacking: the view into the reply stays valid
   /// until the next request. For the hot path (get).
   Result<const wire::Message*> call_view_locked(const wire::BodyUnion& body, std::vector<int>* fds);
+  /// Connects (again) when the process forked or the connection broke, so
+  /// that info() describes the daemon the next request goes to. Caller holds
+  /// lock().
+  Status ensure_connected_locked();
   /// Like call_view_locked, for a request that `build` writes straight into
   /// the connection's builder (it must Finish a Message of `type`), so that
   /// large fields are written once; called again if the request is resent on
@@ -95,7 +99,6 @@ class Connection : public std::enable_shared_from_this<Connection> {
   }
   Status connect_locked();
   void disconnect_locked() noexcept;
-  Status ensure_connected_locked();
   /// Sends one request, which `frame(request_id)` writes into wbuf_ (again if
   /// it is resent on a new connection), and receives its reply.
   Result<const wire::Message*> call_framed_locked(wire::Body type, const std::function<void(std::uint32_t)>& frame,

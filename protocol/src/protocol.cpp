@@ -51,6 +51,10 @@ bool vectors_aligned(const wire::Message& m) {
       const auto* b = m.body_as_CudaPut();
       return elements_aligned(b->shape()) && elements_aligned(b->strides());
     }
+    case wire::Body::PutBytes: {
+      const auto* b = m.body_as_PutBytes();
+      return elements_aligned(b->shape()) && elements_aligned(b->strides());
+    }
     case wire::Body::CreateObjectReply: return desc_aligned(m.body_as_CreateObjectReply()->object());
     case wire::Body::SealReply: return desc_aligned(m.body_as_SealReply()->object());
     case wire::Body::GetReply: return desc_aligned(m.body_as_GetReply()->object());

@@ -970,6 +970,12 @@ TEST_CASE("a_put_bytes_request_in_a_full_pool_fails_with_pool_exhausted_and_leav
   const auto after = c.stats();
   CHECK(after.open_creates == before.open_creates);
   CHECK(after.pool_used_bytes == before.pool_used_bytes);
+  // Data of the wrong size is refused at once, not after waiting for space.
+  auto wrong = put_bytes_request("small/wrong", dtypes::kUInt8, {4096}, counting(100));
+  wrong.timeout_ms = 10000;
+  const auto t0 = std::chrono::steady_clock::now();
+  CHECK(code_of(request(raw, std::move(wrong))) == Errc::invalid_argument);
+  CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
   // Waiting for space: the request's bytes (read before the wait) still land
   // once another connection's creates are aborted.
   auto waiting = put_bytes_request("small/waited", dtypes::kUInt8, {4096}, counting(4096));

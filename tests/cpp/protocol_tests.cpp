@@ -368,6 +368,47 @@ TEST_CASE("put_bytes_round_trips_with_its_layout_and_data") {
   CHECK(b.data == counting_bytes(12, 3));
 }
 
+TEST_CASE("requests_whose_64_bit_vectors_are_misaligned_are_refused") {
+  // The verifier checks only a vector's 4-byte length; shapes and strides are
+  // read as 64-bit integers. Build a PutBytes (and a CreateObject) whose shape
+  // (two int64) is laid down as four uint32, followed in the builder by 0..3
+  // uint32 of padding: some of these land 4 bytes off an 8-byte boundary.
+  for (const bool put_bytes : {true, false}) {
+    CAPTURE(put_bytes);
+    int refused = 0, accepted = 0;
+    for (int pad = 0; pad < 4; ++pad) {
+      CAPTURE(pad);
+      flatbuffers::FlatBufferBuilder fbb;
+      const auto name = fbb.CreateString("small/0");
+      fbb.StartVector(4, sizeof(std::uint32_t));
+      for (const std::uint32_t half : {0u, 2u, 0u, 4u}) fbb.PushElement(half);  // back to front: {4, 2} as int64
+      const flatbuffers::Offset<flatbuffers::Vector<std::int64_t>> shape(fbb.EndVector(2));
+      for (int i = 0; i < pad; ++i) fbb.PushElement(std::uint32_t{0});
+      const wire::DType dt = proto::to_wire(dtypes::kUInt8);
+      const wire::Body type = put_bytes ? wire::Body::PutBytes : wire::Body::CreateObject;
+      const auto body = put_bytes ? wire::CreatePutBytes(fbb, name, &dt, shape).Union()
+                                  : wire::CreateCreateObject(fbb, name, &dt, shape).Union();
+      fbb.Finish(wire::CreateMessage(fbb, type, body));
+      Bytes frame;
+      proto::frame_into(frame, fbb, type, 1);
+      std::vector<std::uint64_t> scratch;
+      auto v = proto::verify(header_of(frame), payload_of(frame), scratch);
+      if (v) {
+        ++accepted;
+        const auto* s = put_bytes ? (*v)->body_as_PutBytes()->shape() : (*v)->body_as_CreateObject()->shape();
+        CHECK(reinterpret_cast<std::uintptr_t>(s->data()) % 8 == 0);
+        CHECK(std::vector<std::int64_t>(s->begin(), s->end()) == std::vector<std::int64_t>{4, 2});
+      } else {
+        ++refused;
+        CHECK(v.error().code == Errc::protocol_error);
+        CHECK(v.error().message.find("misaligned vector of 64-bit integers") != std::string::npos);
+      }
+    }
+    CHECK(refused > 0);
+    CHECK(accepted > 0);
+  }
+}
+
 TEST_CASE("hello_reply_from_a_daemon_without_features_reads_as_none") {
   wire::HelloReplyT m;  // as an older daemon sends it: no features field
   m.protocol_version = proto::kVersion;

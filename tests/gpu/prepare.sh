@@ -11,6 +11,8 @@
 #                                              extension and libclient there
 #   .gpu-kit/include/doctest/                  (not needed by run.sh; for manual builds)
 #   .gpu-kit/MANIFEST                          what was built, from which commit
+#   .gpu-kit/SOURCES, SOURCES.sha256           the files it was built from and their hash:
+#                                              run.sh says so when the tree it runs in differs
 #
 # It refuses to finish when a binary needs a shared library beyond glibc.
 set -euo pipefail
@@ -58,6 +60,8 @@ done
   echo "flatbuffers headers: $(grep -m1 -E 'define FLATBUFFERS_VERSION_MINOR' /usr/include/flatbuffers/base.h)"
   for b in "$KIT"/bin/*; do echo "$(basename "$b"): $(stat -c %s "$b") bytes; $(ldd "$b" | awk '{print $1}' | tr '\n' ' ')"; done
 } > "$KIT/MANIFEST"
+git ls-files CMakeLists.txt cmake protocol daemon libclient ctl tests/gpu tests/cpp > "$KIT/SOURCES"
+xargs -d '\n' sha256sum < "$KIT/SOURCES" | sha256sum | cut -d' ' -f1 > "$KIT/SOURCES.sha256"
 cat "$KIT/MANIFEST"
 du -sh "$KIT"
 echo "prepare.sh: done. On the GPU machine: tests/gpu/run.sh (carry .gpu-kit)"

@@ -72,6 +72,16 @@ if [[ ! -x $KIT/bin/tensorshmd ]]; then
   printf '%s\n' "${SUMMARY[@]}" | tee "$OUT/summary.txt"
   exit 1
 fi
+# The kit's binaries must come from the sources here: a kit built before the
+# last change tests old code (prepare.sh records what it was built from).
+if [[ -f $KIT/SOURCES.sha256 ]]; then
+  if [[ $(xargs -d '\n' sha256sum < "$KIT/SOURCES" 2>/dev/null | sha256sum | cut -d' ' -f1) != "$(cat "$KIT/SOURCES.sha256")" ]]; then
+    echo "run.sh: WARNING: .gpu-kit was built from other sources than this tree: rerun tests/gpu/prepare.sh" >&2
+    note kit "STALE: built from other sources than this tree (rerun tests/gpu/prepare.sh)"
+  fi
+else
+  note kit "no SOURCES record (built by an older prepare.sh): cannot tell whether it is current"
+fi
 if ! command -v nvcc >/dev/null && [[ -x /usr/local/cuda/bin/nvcc ]]; then export PATH=/usr/local/cuda/bin:$PATH; fi
 export CUDACXX=${CUDACXX:-$(command -v nvcc)}
 

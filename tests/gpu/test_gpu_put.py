@@ -190,11 +190,13 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
     os.chmod(binary, 0o755)
     sock, log = os.path.join(d, "tshm.sock"), tmp_path_factory.mktemp("other-user") / "daemon.log"
     instance = f"otheruser{os.getpid()}"
+    # The producer's device selection (CUDA_VISIBLE_DEVICES, MIG, ...) goes to the daemon too.
+    env = {"PATH": "/usr/bin:/bin"} | {k: v for k, v in os.environ.items() if k.startswith(("CUDA_", "NVIDIA_"))}
     with open(log, "w") as out:
         proc = subprocess.Popen([binary, "--socket", sock, "--socket-mode", "0666", "--instance", instance,
                                  "--pool-size", "256M", "--segment-size", "64M", "--pretouch-threads", "2"],
                                 stdout=out, stderr=subprocess.STDOUT, user=nobody.pw_uid, group=nobody.pw_gid,
-                                extra_groups=[], cwd=d, env={"PATH": "/usr/bin:/bin"})
+                                extra_groups=[], cwd=d, env=env)
     try:
         wait_for_socket(sock, proc, log)
         with tensorshm.connect(sock, name="other-user") as c:
@@ -214,9 +216,9 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
         assert refused <= 1, "the client should stop sending events to this daemon after the first refusal"
     finally:
         stop_daemon(proc)
-        print(f"---- tensorshmd as nobody ({log}) ----\n{log.read_text()[-3000:]}")
-        assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tensorshm.{instance}.")]
         shutil.rmtree(d, ignore_errors=True)
+        print(f"---- tensorshmd as nobody ({log}) ----\n{log.read_text()[-3000:]}")
+    assert not [f for f in os.listdir("/dev/shm") if f.startswith(f"tensorshm.{instance}.")], "segments left behind"
 
 
 PRODUCER = textwrap.dedent("""
