@@ -372,34 +372,26 @@ awaitable<Reply> Session::on_put_bytes(const wire::PutBytes& m) {
   if (m.strides()) p.strides.assign(m.strides()->begin(), m.strides()->end());
   p.share = static_cast<Share>(m.share());
   const std::size_t size = m.data() ? m.data()->size() : 0;
-  const auto wrong_size = [&](std::uint64_t nbytes) {
-    return error_reply(Error{Errc::invalid_argument, "put '" + printable_name(p.name) + "': " + std::to_string(size) +
-                                                         " bytes of data for an object of " + std::to_string(nbytes) +
-                                                         " bytes (" + dtype_name(p.dtype) + ", " +
-                                                         std::to_string(p.shape.size()) + " dimension(s))"});
-  };
-  // Refused before any space is taken or waited for; a layout that does not
-  // check out is left to create(), which says what is wrong with it.
+  // Refused before any space is taken or waited for. The registry sizes the
+  // object with the same check_layout, so a created object has exactly
+  // `size` bytes; a layout that does not check out is left to create(),
+  // which says what is wrong with it.
   if (auto span = protocol::check_layout(p.dtype, p.shape, p.strides, std::numeric_limits<std::uint64_t>::max() / 2);
       span && *span != size)
-    co_return wrong_size(*span);
+    co_return error_reply(Error{Errc::invalid_argument, "put '" + printable_name(p.name) + "': " +
+                                                            std::to_string(size) + " bytes of data for an object of " +
+                                                            std::to_string(*span) + " bytes (" + dtype_name(p.dtype) +
+                                                            ", " + std::to_string(p.shape.size()) + " dimension(s))"});
   auto& reg = server_.registry();
   auto created = co_await create_waiting(p, m.timeout_ms());
   if (!created) co_return error_reply(created.error());
   Object* o = *created;
-  const std::uint64_t id = o->id;
-  // Nothing below waits, so the object cannot outlive this handler open.
-  if (size != o->nbytes) {
-    (void)reg.abort(caller_, id);
-    co_return wrong_size(o->nbytes);
-  }
+  // Nothing below waits, so the object cannot be left open; a failed seal
+  // discards it (Registry::seal).
   if (size > 0)
     std::memcpy(server_.pool().segment(o->extent.segment_id)->base() + o->data_offset, m.data()->data(), size);
-  auto sealed = reg.seal(caller_, id);
-  if (!sealed) {
-    if (reg.get(id) != nullptr) (void)reg.abort(caller_, id);
-    co_return error_reply(sealed.error());
-  }
+  auto sealed = reg.seal(caller_, o->id);
+  if (!sealed) co_return error_reply(sealed.error());
   ++server_.counters().puts;
   wire::SealReplyT out;
   out.object = describe(**sealed);
