@@ -3,6 +3,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -21,6 +22,24 @@ T unwrap(Result<T>&& r) {
 }
 
 const ObjectInfo kNoInfo{};
+
+/// Writes `src` into `dst`, laid out with `dst_strides` (elements; empty: C
+/// order): one memcpy of `nbytes` when `src` is dense (`src_dense`: C or
+/// Fortran order) in that same layout, else element by element.
+void copy_in(void* dst, std::span<const std::int64_t> dst_strides, const HostView& src, bool src_dense,
+             std::uint64_t nbytes) {
+  const auto in_c = [&](std::span<const std::int64_t> s) { return s.empty() || detail::is_c_contiguous(src.shape, s); };
+  const bool same = src.strides.empty() || dst_strides.empty() ? in_c(src.strides) && in_c(dst_strides)
+                                                               : std::ranges::equal(src.strides, dst_strides);
+  if (src_dense && same) {
+    if (nbytes > 0) std::memcpy(dst, src.data, nbytes);
+    return;
+  }
+  const std::vector<std::int64_t> c_order = protocol::c_strides(src.shape);
+  const auto or_c = [&](std::span<const std::int64_t> s) { return s.empty() ? std::span(c_order) : s; };
+  detail::strided_copy(dst, or_c(dst_strides), src.data, or_c(src.strides), src.shape,
+                       static_cast<std::int64_t>(dtype_itemsize(src.dtype)));
+}
 
 }  // namespace
 
@@ -156,7 +175,6 @@ Buffer Client::create(std::string_view name, DType dtype, std::span<const std::i
 }
 
 ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateOptions& options) {
-  auto itemsize = static_cast<std::int64_t>(dtype_itemsize(src.dtype));
   CreateOptions opts = options;
   const bool src_c = src.strides.empty() || detail::is_c_contiguous(src.shape, src.strides);
   const bool src_f = !src_c && detail::is_f_contiguous(src.shape, src.strides);
@@ -174,11 +192,7 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
     const auto build = [&](flatbuffers::FlatBufferBuilder& fbb) {
       std::uint8_t* bytes = nullptr;
       const auto data = fbb.CreateUninitializedVector(*dense, &bytes);
-      if (src_c || src_f) {
-        if (*dense > 0) std::memcpy(bytes, src.data, *dense);
-      } else {
-        detail::strided_copy(bytes, protocol::c_strides(src.shape), src.data, src.strides, src.shape, itemsize);
-      }
+      copy_in(bytes, opts.strides, src, src_c || src_f, *dense);
       const auto name_offset = fbb.CreateString(name.data(), name.size());
       const auto shape = fbb.CreateVector(src.shape);
       const auto strides = fbb.CreateVector(opts.strides);
@@ -195,14 +209,7 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
   }
   lk.unlock();
   Buffer b = create(name, src.dtype, src.shape, opts);
-  const auto& dst_strides = b.info().strides;
-  if ((src_c || src_f) && (src.strides.empty() ? detail::is_c_contiguous(src.shape, dst_strides)
-                                                 : src.strides == dst_strides)) {
-    if (b.nbytes() > 0) std::memcpy(b.data(), src.data, b.nbytes());
-  } else {
-    std::vector<std::int64_t> from = src.strides.empty() ? protocol::c_strides(src.shape) : src.strides;
-    detail::strided_copy(b.data(), dst_strides, src.data, from, src.shape, itemsize);
-  }
+  copy_in(b.data(), b.info().strides, src, src_c || src_f, b.nbytes());
   return b.seal();
 }
 

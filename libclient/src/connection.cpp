@@ -222,7 +222,7 @@ Result<const wire::Message*> Connection::call_view_locked(const wire::BodyUnion&
 }
 
 Result<const wire::Message*> Connection::call_built_locked(
-    wire::Body type, const std::function<void(flatbuffers::FlatBufferBuilder&)>& build, std::vector<int>* fds) {
+    wire::Body type, FunctionRef<void(flatbuffers::FlatBufferBuilder&)> build, std::vector<int>* fds) {
   return call_framed_locked(
       type,
       [&](std::uint32_t id) {
@@ -233,8 +233,7 @@ Result<const wire::Message*> Connection::call_built_locked(
       fds);
 }
 
-Result<const wire::Message*> Connection::call_framed_locked(wire::Body type,
-                                                            const std::function<void(std::uint32_t)>& frame,
+Result<const wire::Message*> Connection::call_framed_locked(wire::Body type, FunctionRef<void(std::uint32_t)> frame,
                                                             std::vector<int>* fds) {
   TSHM_TRY(ensure_connected_locked());
   std::uint32_t id = 0;

@@ -9,17 +9,40 @@
 #include <chrono>
 #include <cstdint>
 #include <cstdlib>
-#include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
 #include <string>
 #include <string_view>
+#include <type_traits>
+#include <utility>
 
 #include "tensorshm/client.hpp"
 #include "tensorshm/protocol.hpp"
 
 namespace tensorshm::detail {
+
+/// A non-owning reference to a callable, for callbacks that run before the
+/// call taking them returns: unlike std::function it never allocates (the
+/// request path stays allocation-free).
+template <class Sig>
+class FunctionRef;
+template <class R, class... Args>
+class FunctionRef<R(Args...)> {
+ public:
+  template <class F>
+    requires(!std::is_same_v<std::remove_cvref_t<F>, FunctionRef> && std::is_invocable_r_v<R, F&, Args...>)
+  FunctionRef(F&& f) noexcept  // NOLINT: implicit, as std::function
+      : obj_(const_cast<void*>(static_cast<const void*>(std::addressof(f)))),
+        call_([](void* obj, Args... args) -> R {
+          return (*static_cast<std::remove_reference_t<F>*>(obj))(std::forward<Args>(args)...);
+        }) {}
+  R operator()(Args... args) const { return call_(obj_, std::forward<Args>(args)...); }
+
+ private:
+  void* obj_;
+  R (*call_)(void*, Args...);
+};
 
 /// One mmap of a segment; unmapped when the last user lets go.
 struct Mapping {
@@ -67,7 +90,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// large fields are written once; called again if the request is resent on
   /// a new connection.
   Result<const wire::Message*> call_built_locked(wire::Body type,
-                                                 const std::function<void(flatbuffers::FlatBufferBuilder&)>& build,
+                                                 FunctionRef<void(flatbuffers::FlatBufferBuilder&)> build,
                                                  std::vector<int>* fds = nullptr);
 
   /// The mapping of a segment, mapping it on first use (one MapSegment round
@@ -101,7 +124,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   void disconnect_locked() noexcept;
   /// Sends one request, which `frame(request_id)` writes into wbuf_ (again if
   /// it is resent on a new connection), and receives its reply.
-  Result<const wire::Message*> call_framed_locked(wire::Body type, const std::function<void(std::uint32_t)>& frame,
+  Result<const wire::Message*> call_framed_locked(wire::Body type, FunctionRef<void(std::uint32_t)> frame,
                                                   std::vector<int>* fds);
   /// Sends the whole frame; `sent` (if given) says how much went out.
   Status send_frame_locked(const std::vector<std::byte>& frame, std::size_t* sent = nullptr);
