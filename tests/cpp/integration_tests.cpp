@@ -536,16 +536,20 @@ TEST_CASE("a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_nothin
 TEST_CASE("bad_names_dtypes_and_shapes_fail_with_the_right_code_and_lose_nothing") {
   Daemon d(Daemon::Options{{"--max-object-size", "32M"}});
   auto c = d.connect();
+  const std::uint64_t word = 0;  // a put of it is one round trip (PutBytes)
   for (const std::string& bad : {std::string(""), std::string("a b"), std::string("a/../b"), std::string("/lead"),
                                 std::string("trail/"), std::string("a//b"), std::string(256, 'n'),
                                 std::string("nul\0byte", 8)}) {
     CAPTURE(printable_name(bad));
     CHECK(error_of([&] { (void)c.create(bad, dtypes::kUInt8, {1}); }) == Errc::invalid_name);
+    CHECK(error_of([&] { (void)c.put(bad, HostView{&word, dtypes::kUInt8, {8}, {}}); }) == Errc::invalid_name);
     CHECK(error_of([&] { (void)c.get(bad); }) == Errc::invalid_name);
     CHECK(error_of([&] { c.remove(bad); }) == Errc::invalid_name);
   }
   CHECK(error_of([&] { (void)c.create("odd", DType{3, 64, 1}, {4}); }) == Errc::unsupported_dtype);
   CHECK(error_of([&] { (void)c.create("odd", DType{2, 32, 4}, {4}); }) == Errc::unsupported_dtype);
+  CHECK(error_of([&] { (void)c.put("odd", HostView{&word, DType{3, 64, 1}, {1}, {}}); }) == Errc::unsupported_dtype);
+  CHECK(error_of([&] { (void)c.put("neg", HostView{&word, dtypes::kUInt8, {-1}, {}}); }) == Errc::invalid_argument);
   CHECK(error_of([&] { (void)c.create("neg", dtypes::kFloat32, {4, -1}); }) == Errc::invalid_argument);
   const std::vector<std::int64_t> dims33(33, 1);
   CHECK(error_of([&] { (void)c.create("deep", dtypes::kFloat32, dims33); }) == Errc::invalid_argument);
@@ -896,6 +900,14 @@ wire::PutBytesT put_bytes_request(const std::string& name, DType dtype, std::vec
   return m;
 }
 
+/// Waits until `ready()` holds; false after 10 s (something hangs).
+template <class Ready>
+bool poll_until(Ready ready) {
+  const auto give_up = std::chrono::steady_clock::now() + std::chrono::seconds(10);
+  while (!ready() && std::chrono::steady_clock::now() < give_up) std::this_thread::sleep_for(std::chrono::milliseconds(5));
+  return ready();
+}
+
 std::vector<std::uint8_t> counting(std::size_t n) {
   std::vector<std::uint8_t> v(n);
   for (std::size_t i = 0; i < n; ++i) v[i] = static_cast<std::uint8_t>(i * 13 + 5);
@@ -976,6 +988,18 @@ TEST_CASE("a_put_bytes_request_in_a_full_pool_fails_with_pool_exhausted_and_leav
   const auto t0 = std::chrono::steady_clock::now();
   CHECK(code_of(request(raw, std::move(wrong))) == Errc::invalid_argument);
   CHECK(std::chrono::steady_clock::now() - t0 < std::chrono::seconds(5));
+  // A producer that hangs up while its put waits for space leaves nothing,
+  // even once space comes back (below).
+  const auto clients = c.stats().clients;
+  {
+    RawSocket gone(d.socket_path());
+    gone.hello();
+    auto ghost = put_bytes_request("small/ghost", dtypes::kUInt8, {4096}, counting(4096));
+    ghost.timeout_ms = 60000;
+    gone.send(std::move(ghost), 7);
+    REQUIRE(poll_until([&] { return c.stats().clients == clients + 1; }));
+  }
+  REQUIRE(poll_until([&] { return c.stats().clients == clients; }));  // the daemon noticed and ended the session
   // Waiting for space: the request's bytes (read before the wait) still land
   // once another connection's creates are aborted.
   auto waiting = put_bytes_request("small/waited", dtypes::kUInt8, {4096}, counting(4096));
@@ -990,6 +1014,8 @@ TEST_CASE("a_put_bytes_request_in_a_full_pool_fails_with_pool_exhausted_and_leav
   auto o = c.get("small/waited");
   const auto* p = static_cast<const std::uint8_t*>(o.data());
   CHECK(std::vector<std::uint8_t>(p, p + 4096) == counting(4096));
+  CHECK(error_of([&] { (void)c.get("small/ghost"); }) == Errc::not_found);
+  CHECK(c.stats().open_creates == 0);
 }
 
 TEST_CASE("puts_at_and_just_past_the_one_round_trip_size_both_arrive_whole") {
