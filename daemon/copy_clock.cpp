@@ -56,9 +56,13 @@ CopyClock::Plan CopyClock::plan(TimePoint now, TimePoint start, TimePoint end, s
     return {false, std::max(Micros(1), micros(std::min(probe, settle) - now))};
   }
   const Micros late = micros(now - end);
-  if (late < std::min<Micros>(200us + predicted / 10, 1ms)) return {true, 0us};
+  if (now < spin_end(start, end)) return {true, 0us};
   if (late >= 1s) return {true, 10ms};
   return {true, std::clamp<Micros>(micros(now - start) / 50, 10us, 1ms)};
+}
+
+CopyClock::TimePoint CopyClock::spin_end(TimePoint start, TimePoint end) noexcept {
+  return end + std::min<Micros>(200us + micros(end - start) / 10, 1ms);
 }
 
 }  // namespace tensorshm::daemon

@@ -746,6 +746,8 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       Copy& c = copies_.at(id);
       const auto now = std::chrono::steady_clock::now();
       const CopyClock::Plan plan = CopyClock::plan(now, c.start, c.expected_end, c.bytes, c.last_look);
+      if (plan.query && plan.delay.count() == 0 && options_.io_spin && !std::exchange(c.io_woken, true))
+        io_awake_.until(CopyClock::spin_end(c.start, c.expected_end));  // its answer then finds the io thread up
       if (!plan.query && !look_now) {
         wait(plan.delay);
         break;
@@ -980,6 +982,7 @@ void CudaCopyEngine::finish(std::uint64_t copy_id, Status status) {
   auto it = copies_.find(copy_id);
   if (it == copies_.end()) return;
   last_end_ = std::chrono::steady_clock::now();  // Options::linger counts from here
+  if (options_.io_spin && options_.linger.count() > 0) io_awake_.until(last_end_ + options_.linger);
   if (void* event = std::exchange(it->second.done_event, nullptr); event != nullptr)
     devices_[static_cast<std::size_t>(it->second.device)].idle_events.push_back(event);
   if (!it->second.queue_error) status = std::move(it->second.queue_error);

@@ -45,6 +45,7 @@
 #include "copy_clock.hpp"
 #include "copy_engine.hpp"
 #include "cuda_api.hpp"
+#include "io_awake.hpp"
 
 namespace tensorshm::daemon {
 
@@ -97,6 +98,11 @@ class CudaCopyEngine final : public CopyEngine {
     // After a copy ends, the engine thread keeps polling (without sleeping)
     // this long before it sleeps: a producer's next put then finds it awake.
     std::chrono::microseconds linger{0};
+    // Shortly before a copy's predicted end (when the engine thread starts
+    // querying it without sleeping) the io thread is kept polling too, until
+    // the engine would stop (CopyClock::spin_end), and for `linger` after a
+    // copy ends: the put's answer then needs no wake-up of the io thread.
+    bool io_spin = true;
   };
 
   /// Discovers the devices. An Error (no_gpu: no driver, no device) when
@@ -142,6 +148,8 @@ class CudaCopyEngine final : public CopyEngine {
   double copy_rate(int device);
   /// How many times the engine thread has polled (its tick), from any thread.
   std::uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
+  /// The io thread's busy windows (Options::io_spin), from any thread.
+  const IoAwake& io_awake() const noexcept { return io_awake_; }
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
   /// What the engine thread is doing, from any thread, for the messages of
@@ -206,6 +214,7 @@ class CudaCopyEngine final : public CopyEngine {
     bool shared = false;
     TimePoint expected_end{};
     TimePoint last_look{};  // the last query that found it not done; {}: none
+    bool io_woken = false;  // the io thread was kept awake for its end (Options::io_spin)
   };
   using StreamCopies = std::deque<std::uint64_t>;  // engine thread: copies queued on one stream, oldest first
   struct Pending;  // io thread: a put not answered yet
@@ -313,6 +322,7 @@ class CudaCopyEngine final : public CopyEngine {
 
   std::shared_ptr<CudaApi> api_;
   boost::asio::io_context& io_;
+  IoAwake io_awake_{io_};
   Options options_;
   std::vector<Device> devices_;
   std::map<std::uint32_t, Region> regions_;

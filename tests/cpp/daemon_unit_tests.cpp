@@ -711,6 +711,24 @@ TEST_CASE("cuda_linger_above_100_ms_is_a_usage_error_and_up_to_it_is_taken") {
   CHECK_FALSE(parse({"--cuda-linger-us", "-1"}).has_value());
 }
 
+TEST_CASE("cuda_io_spin_is_on_by_default_is_turned_off_by_a_flag_or_the_file_and_takes_only_booleans") {
+  auto defaults = parse({});
+  REQUIRE(defaults.has_value());
+  CHECK(defaults->cuda_io_spin);
+  CHECK(describe(*defaults).find("cuda-io-spin = true\n") != std::string::npos);
+  auto flag = parse({"--cuda-io-spin", "false"});
+  REQUIRE(flag.has_value());
+  CHECK_FALSE(flag->cuda_io_spin);
+  TempFile file("cuda-io-spin = off\n");
+  auto from_file = parse({"--config", file.path});
+  REQUIRE(from_file.has_value());
+  CHECK_FALSE(from_file->cuda_io_spin);
+  CHECK(describe(*from_file).find("cuda-io-spin = false\n") != std::string::npos);
+  auto bad = parse({"--cuda-io-spin", "sometimes"});
+  REQUIRE_FALSE(bad.has_value());
+  CHECK(bad.error().message.find("cuda-io-spin") != std::string::npos);
+}
+
 TEST_CASE("cuda_lost_is_serve_by_default_takes_exit_from_a_flag_or_the_file_and_refuses_anything_else") {
   auto defaults = parse({});
   REQUIRE(defaults.has_value());

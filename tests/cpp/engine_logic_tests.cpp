@@ -500,7 +500,99 @@ TEST_CASE("on a GPU that runs by itself: with linger the engine thread keeps pol
   }
 }
 
+TEST_CASE("on a GPU that runs by itself: the io thread is kept polling over a copy's predicted end, and only then") {
+  for (const bool io_spin : {true, false}) {
+    CAPTURE(io_spin);
+    CudaCopyEngine::Options o;
+    o.io_spin = io_spin;
+    Rig rig(1, o);
+    rig.api->run_by_itself(kSimRate);
+    auto p = rig.producer(2 * kMiB);
+    REQUIRE(learn(rig, p) > 0);
+    const IoAwake& awake = rig.engine->io_awake();
+    const std::uint64_t windows = awake.windows();
+    auto out = rig.submit(rig.request(1, p, 0, 2 * kMiB));
+    REQUIRE(rig.poll_until([&] { return rig.api->queued() > 0; }));
+    const auto t0 = std::chrono::steady_clock::now();
+    std::this_thread::sleep_until(t0 + kSimCopy / 2);
+    // The engine sleeps until about 1.1 ms before the predicted end (10.5 ms):
+    // no window yet, unless this thread ran very late.
+    const bool in_time = std::chrono::steady_clock::now() < t0 + kSimCopy * 7 / 10;
+    if (in_time) CHECK(awake.windows() == windows);
+    REQUIRE(rig.answered(*out));
+    CHECK(out->ok());
+    if (io_spin) {
+      CHECK(awake.windows() == windows + 1);  // one window for the copy
+      CHECK(awake.rounds() > 0);              // and the io thread (this test's) went round in it
+    } else {
+      CHECK(awake.windows() == 0);
+    }
+  }
+}
+
 }  // TEST_SUITE("copy engine timing")
+
+TEST_SUITE("io thread kept awake") {
+
+TEST_CASE("the io thread polls until the window closes, then returns to sleeping") {
+  asio::io_context io(1);
+  IoAwake awake(io);
+  const auto t0 = std::chrono::steady_clock::now();
+  awake.until(t0 + 30ms);
+  io.run();  // nothing else to do: returns only once the polling stops
+  const auto ran = std::chrono::steady_clock::now() - t0;
+  CHECK(ran >= 30ms);
+  CHECK(ran < 5s);
+  CHECK(awake.windows() == 1);
+  const std::uint64_t rounds = awake.rounds();
+  CHECK(rounds > 10);  // without sleeping: thousands
+  io.restart();
+  CHECK(io.poll() == 0);  // nothing left queued
+  CHECK(awake.rounds() == rounds);
+}
+
+TEST_CASE("a window is extended by a later end, never shortened, and a past end opens none") {
+  asio::io_context io(1);
+  IoAwake awake(io);
+  const auto t0 = std::chrono::steady_clock::now();
+  awake.until(t0 - 1ms);
+  CHECK(awake.windows() == 0);
+  CHECK(io.poll() == 0);
+  io.restart();
+  awake.until(t0 + 20ms);
+  awake.until(t0 + 40ms);
+  awake.until(t0 + 1ms);
+  CHECK(awake.windows() == 2);
+  io.run();
+  CHECK(std::chrono::steady_clock::now() - t0 >= 40ms);
+}
+
+TEST_CASE("handlers posted from another thread run while the io thread polls, and it stops after the window") {
+  asio::io_context io(1);
+  IoAwake awake(io);
+  auto guard = asio::make_work_guard(io);
+  std::thread runner([&] { io.run(); });
+  std::atomic<int> ran{0};
+  // Windows opened from another thread, one after another's end (the io
+  // thread asleep in between), each with a handler posted inside it.
+  for (int i = 0; i < 20; ++i) {
+    awake.until(std::chrono::steady_clock::now() + 2ms);
+    asio::post(io, [&ran] { ran.fetch_add(1); });
+    std::this_thread::sleep_for(3ms);
+  }
+  const bool all_ran = Rig::poll_until([&] { return ran.load() == 20; });
+  CHECK(all_ran);
+  CHECK(awake.windows() == 20);
+  std::this_thread::sleep_for(10ms);  // the last window closed 11 ms ago: its last round has run
+  const std::uint64_t rounds = awake.rounds();
+  CHECK(rounds > 0);
+  std::this_thread::sleep_for(20ms);
+  CHECK(awake.rounds() == rounds);  // no window: no polling
+  guard.reset();
+  runner.join();
+}
+
+}  // TEST_SUITE("io thread kept awake")
 
 TEST_SUITE("copy engine") {
 
@@ -1193,6 +1285,8 @@ TEST_CASE("the plan probes early, sleeps until just before the predicted end, qu
     CHECK(p.query);
     CHECK(p.delay == 0us);
   }
+  CHECK(CopyClock::spin_end(start, end) == start + 1300us);
+  CHECK(CopyClock::spin_end(start, start + 100ms) == start + 101ms);  // at most 1 ms past the end
   CHECK(CopyClock::plan(start + 1300us, start, end, bytes, never).delay == 26us);  // 2 % of the age
   CHECK(CopyClock::plan(end + 10ms, start, end, bytes, never).delay == 220us);
   CHECK(CopyClock::plan(end + 60ms, start, end, bytes, never).delay == 1000us);
