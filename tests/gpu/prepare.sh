@@ -7,6 +7,7 @@
 #   .gpu-kit/bin/tensorshmd, tensorshmctl      CUDA on, static cudart, static
 #                                              libstdc++/libgcc, no libsystemd
 #   .gpu-kit/bin/tshm_gpu_check, tshm_gpu_bench  the C++ GPU checks (put_cuda)
+#   .gpu-kit/bin/tshm_io_wake_bench            the daemon io thread's wake-up, asleep vs kept awake
 #   .gpu-kit/include/flatbuffers/              headers for building the Python
 #                                              extension and libclient there
 #   .gpu-kit/include/doctest/                  (not needed by run.sh; for manual builds)
@@ -28,16 +29,16 @@ set -x
 cmake -S "$ROOT" -B "$BUILD" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
   -DTENSORSHM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90" \
-  -DTENSORSHM_TESTS=ON -DTENSORSHM_BENCH=OFF -DTENSORSHM_TORCH=OFF -DTENSORSHM_PYTHON=OFF \
+  -DTENSORSHM_TESTS=ON -DTENSORSHM_BENCH=ON -DTENSORSHM_TORCH=OFF -DTENSORSHM_PYTHON=OFF \
   -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
   -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc"
-ninja -C "$BUILD" -j "$JOBS" tensorshmd tensorshmctl tshm_gpu_check tshm_gpu_bench
+ninja -C "$BUILD" -j "$JOBS" tensorshmd tensorshmctl tshm_gpu_check tshm_gpu_bench tshm_io_wake_bench
 set +x
 
 rm -rf "$KIT"
 mkdir -p "$KIT/bin" "$KIT/include"
 cp "$BUILD/daemon/tensorshmd" "$BUILD/ctl/tensorshmctl" "$BUILD/tests/gpu/tshm_gpu_check" \
-   "$BUILD/tests/gpu/tshm_gpu_bench" "$KIT/bin/"
+   "$BUILD/tests/gpu/tshm_gpu_bench" "$BUILD/bench/tshm_io_wake_bench" "$KIT/bin/"
 cp -r /usr/include/flatbuffers "$KIT/include/"
 [[ -d /usr/include/doctest ]] && cp -r /usr/include/doctest "$KIT/include/"
 

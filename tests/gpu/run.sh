@@ -16,7 +16,8 @@
 #   daemon      .gpu-kit/bin/tensorshmd on a temporary socket, pool pinned
 #   cpp         tshm_gpu_check: put_cuda from C++ (dtypes, layouts, ordering
 #               with no synchronize, async, 4 threads x 100, export errors)
-#   bench-cpp   tshm_gpu_bench: D2H into the pool vs raw cudaMemcpyAsync, 4 KiB..1 GiB
+#   bench-cpp   tshm_gpu_bench: D2H into the pool vs raw cudaMemcpyAsync, 4 KiB..1 GiB;
+#               tshm_io_wake_bench: the daemon io thread's wake-up, asleep vs kept awake
 #   bench-py    bench/gpu_bench.py: the same from Python, and the 256 MiB handoff
 #               vs t.cpu().numpy() + multiprocessing.shared_memory
 #   pytest      tests/gpu: every dtype/shape vs t.cpu().numpy(), a kernel right
@@ -31,7 +32,8 @@ ROOT=$PWD
 KIT=$ROOT/.gpu-kit
 OUT=${OUT:-/tmp/tshm-gpu-out}
 # TSHM_GPU_ONLY=bench: the machine, the daemon (logging each GPU copy's
-# timings at debug level) and the C++ benchmark only, about a minute.
+# timings at debug level) and the C++ benchmark only, against the default
+# daemon and again with --cuda-io-spin false and with --cuda-linger-us 300.
 ONLY=${TSHM_GPU_ONLY:-}
 DAEMON_LOG_LEVEL=info
 [[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
@@ -187,6 +189,13 @@ note "D2H cold 2M-page dst" "$(ratio_list d2h $((16 << 20)) cold2m_vs_raw < "$WO
 note "D2H pool/raw, no spin" "$(ratio_list d2h 0 ratio_nospin < "$WORK/bench_cpp.txt") (reply awaited asleep in recv)"
 note "D2H raw asleep/raw" "$(ratio_list d2h 0 raw_block_vs_raw < "$WORK/bench_cpp.txt") (cudaEventBlockingSync wait vs spin)"
 
+# The io thread's wake-up on this host, asleep vs in a busy window (what
+# cuda-io-spin saves per answer; CPU only, a few seconds).
+set -x
+timeout 60 "$KIT/bin/tshm_io_wake_bench" | tee "$WORK/io_wake.txt"
+set +x
+note "io thread wake-up" "$(grep -o 'wake-up saved: .*' "$WORK/io_wake.txt" || echo 'no result')"
+
 if [[ $ONLY == bench ]]; then
   # Where a put's time goes, from the daemon's debug lines: the copy on the
   # GPU (issue to its end seen by the engine) and submit-to-answer, medians per size.
@@ -197,17 +206,24 @@ if [[ $ONLY == bench ]]; then
                     function med(s,   k, x, i, j, t) { k = split(s, x, " "); for (i = 1; i <= k; i++) for (j = i + 1; j <= k; j++) if (x[j] + 0 < x[i] + 0) { t = x[i]; x[i] = x[j]; x[j] = t }; return x[int((k + 1) / 2)] }
                     END { for (n in c) if (n + 0 >= 1048576) printf "%dM copy %.0f us, answer %.0f us; ", n / 1048576, med(c[n]), med(a[n]) }' "$OUT/daemon.log")
   note "daemon-side timings" "${copy_split:-none logged}"
-  # The same benchmark against a daemon whose engine thread lingers awake
-  # after each copy (--cuda-linger-us), to decide its default.
-  section "bench-cpp again, daemon with --cuda-linger-us 300"
-  kill -TERM $DAEMON_PID; wait $DAEMON_PID
-  if start_daemon --cuda-linger-us 300; then
-    ticks0=$(daemon_ticks); wall0=$SECONDS
-    timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp_linger.txt"
-    note "D2H pool/raw, linger 300us" "$(ratio_list d2h < "$WORK/bench_cpp_linger.txt") (daemon CPU $(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s over %d s", t / hz, w }'))"
-  else
-    note "D2H pool/raw, linger 300us" "daemon did not start (see daemon.log)"
-  fi
+  # The same benchmark against daemons that differ in one setting, to show
+  # what each buys and at what CPU cost: the io thread asleep until each
+  # answer (--cuda-io-spin false), and both threads lingering awake after
+  # each copy (--cuda-linger-us 300, to decide its default).
+  bench_again() {
+    local label=$1; shift
+    section "bench-cpp again, daemon with $*"
+    kill -TERM $DAEMON_PID; wait $DAEMON_PID
+    if start_daemon "$@"; then
+      ticks0=$(daemon_ticks); wall0=$SECONDS
+      timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp_$label.txt"
+      note "D2H pool/raw, $label" "$(ratio_list d2h < "$WORK/bench_cpp_$label.txt") (daemon CPU $(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s over %d s", t / hz, w }'))"
+    else
+      note "D2H pool/raw, $label" "daemon did not start (see daemon.log)"
+    fi
+  }
+  bench_again "no io spin" --cuda-io-spin false
+  bench_again "linger 300us" --cuda-linger-us 300
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
   note "daemon stop" "exit $?"
