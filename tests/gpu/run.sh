@@ -33,7 +33,7 @@ KIT=$ROOT/.gpu-kit
 OUT=${OUT:-/tmp/tshm-gpu-out}
 # TSHM_GPU_ONLY=bench: the machine, the daemon (logging each GPU copy's
 # timings at debug level) and the C++ benchmark only, against the default
-# daemon and again with --cuda-io-spin false and with --cuda-linger-us 300.
+# daemon and again with --cuda-io-spin false and with --cuda-linger-us 20000.
 ONLY=${TSHM_GPU_ONLY:-}
 DAEMON_LOG_LEVEL=info
 [[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
@@ -209,7 +209,9 @@ if [[ $ONLY == bench ]]; then
   # The same benchmark against daemons that differ in one setting, to show
   # what each buys and at what CPU cost: the io thread asleep until each
   # answer (--cuda-io-spin false), and both threads lingering awake after
-  # each copy (--cuda-linger-us 300, to decide its default).
+  # each copy (--cuda-linger-us 20000: longer than the benchmark's gap between
+  # two puts up to 64 MiB (about 9 ms), so that no put waits for a thread to wake up: the
+  # most that avoiding wake-ups can give, and its CPU cost).
   bench_again() {
     local label=$1; shift
     section "bench-cpp again, daemon with $*"
@@ -223,7 +225,7 @@ if [[ $ONLY == bench ]]; then
     fi
   }
   bench_again "no io spin" --cuda-io-spin false
-  bench_again "linger 300us" --cuda-linger-us 300
+  bench_again "linger 20ms" --cuda-linger-us 20000
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
   note "daemon stop" "exit $?"
