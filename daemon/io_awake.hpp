@@ -31,16 +31,17 @@ class IoAwake {
   /// Any thread: keep the io thread polling until `until`. A later call may
   /// extend the window, never shorten it. Wakes the io thread now if it is
   /// asleep (that wake-up is then paid ahead of time, off the answer's path).
+  /// The io_context must outlive every caller.
   void until(Clock::time_point until);
 
-  /// Rounds the io thread made polling (tests, the log).
+  /// Rounds the io thread made polling (tests).
   std::uint64_t rounds() const noexcept { return state_->rounds.load(std::memory_order_relaxed); }
   /// Windows asked for (calls of until() that reached past the open window).
   std::uint64_t windows() const noexcept { return state_->windows.load(std::memory_order_relaxed); }
 
  private:
-  // Shared with the queued handler, which may outlive this object (it is then
-  // destroyed with the io_context, or runs once more and stops).
+  // Shared with the queued handler, which may outlive this object (it then
+  // goes on until the window ends, or is destroyed with the io_context).
   struct State {
     std::atomic<Clock::rep> until{0};  // time_since_epoch().count() of the window's end
     std::atomic<bool> running{false};  // a round is queued or running
