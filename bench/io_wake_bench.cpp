@@ -37,7 +37,7 @@ Spread measure(int n, std::chrono::microseconds idle, std::chrono::microseconds 
   for (int i = 0; i < n; ++i) {
     std::this_thread::sleep_for(idle);
     if (lead.count() > 0) {
-      awake.until(Clock::now() + lead + 300us);
+      awake.until(Clock::now() + lead + 2ms);  // open still if the sleep below oversleeps
       std::this_thread::sleep_for(lead);
     }
     std::atomic<bool> ran{false};

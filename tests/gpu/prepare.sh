@@ -61,7 +61,7 @@ done
   echo "flatbuffers headers: $(grep -m1 -E 'define FLATBUFFERS_VERSION_MINOR' /usr/include/flatbuffers/base.h)"
   for b in "$KIT"/bin/*; do echo "$(basename "$b"): $(stat -c %s "$b") bytes; $(ldd "$b" | awk '{print $1}' | tr '\n' ' ')"; done
 } > "$KIT/MANIFEST"
-git ls-files CMakeLists.txt cmake protocol daemon libclient ctl tests/gpu tests/cpp > "$KIT/SOURCES"
+git ls-files CMakeLists.txt cmake protocol daemon libclient ctl bench tests/gpu tests/cpp > "$KIT/SOURCES"
 xargs -d '\n' sha256sum < "$KIT/SOURCES" | sha256sum | cut -d' ' -f1 > "$KIT/SOURCES.sha256"
 cat "$KIT/MANIFEST"
 du -sh "$KIT"

@@ -33,7 +33,8 @@ KIT=$ROOT/.gpu-kit
 OUT=${OUT:-/tmp/tshm-gpu-out}
 # TSHM_GPU_ONLY=bench: the machine, the daemon (logging each GPU copy's
 # timings at debug level) and the C++ benchmark only, against the default
-# daemon and again with --cuda-io-spin false and with --cuda-linger-us 20000.
+# daemon and again with --cuda-io-spin false and with --cuda-linger-us 20000
+# (about three minutes: give it timeout -k 5 240).
 ONLY=${TSHM_GPU_ONLY:-}
 DAEMON_LOG_LEVEL=info
 [[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
@@ -212,20 +213,20 @@ if [[ $ONLY == bench ]]; then
   # each copy (--cuda-linger-us 20000: longer than the benchmark's gap between
   # two puts up to 64 MiB (about 9 ms), so that no put waits for a thread to wake up: the
   # most that avoiding wake-ups can give, and its CPU cost).
-  bench_again() {
-    local label=$1; shift
+  bench_again() {  # bench_again TAG LABEL FLAGS...
+    local tag=$1 label=$2; shift 2
     section "bench-cpp again, daemon with $*"
     kill -TERM $DAEMON_PID; wait $DAEMON_PID
     if start_daemon "$@"; then
       ticks0=$(daemon_ticks); wall0=$SECONDS
-      timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp_$label.txt"
-      note "D2H pool/raw, $label" "$(ratio_list d2h < "$WORK/bench_cpp_$label.txt") (daemon CPU $(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s over %d s", t / hz, w }'))"
+      timeout 180 "$KIT/bin/tshm_gpu_bench" "$(numfmt --from=iec "$BENCH_MAX")" | tee "$WORK/bench_cpp_$tag.txt"
+      note "$label" "$(ratio_list d2h < "$WORK/bench_cpp_$tag.txt") (daemon CPU $(awk -v t="$(( $(daemon_ticks) - ticks0 ))" -v hz="$(getconf CLK_TCK)" -v w="$((SECONDS - wall0))" 'BEGIN { printf "%.1f s over %d s", t / hz, w }'))"
     else
-      note "D2H pool/raw, $label" "daemon did not start (see daemon.log)"
+      note "$label" "daemon did not start (see daemon.log)"
     fi
   }
-  bench_again "no io spin" --cuda-io-spin false
-  bench_again "linger 20ms" --cuda-linger-us 20000
+  bench_again nospin "D2H, io spin off" --cuda-io-spin false
+  bench_again linger "D2H, linger 20 ms" --cuda-linger-us 20000
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
   note "daemon stop" "exit $?"
