@@ -102,6 +102,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
     ("cuda-copy-timeout-ms", po::value(&c.cuda_copy_timeout_ms)->default_value(d.cuda_copy_timeout_ms), "fail a GPU put whose device-to-host copy has not completed within this time (its extent is quarantined); 0 = never")
     ("cuda-linger-us", po::value(&c.cuda_linger_us)->default_value(d.cuda_linger_us), "after a GPU copy ends, the copy engine's thread keeps polling this long for the producer's next put instead of sleeping (a CPU core's time for one thread wake-up per put); 0 = off")
     ("cuda-io-spin", po::value(&c.cuda_io_spin)->default_value(d.cuda_io_spin), "while a GPU copy is about to end (from shortly before its predicted end, as the copy engine's thread), the io thread polls instead of sleeping, so that the put's answer needs no thread wake-up (a CPU core's time for at most about 1.5 ms per copy); also for cuda-linger-us after each copy")
+    ("cuda-wake-ahead", po::value(&c.cuda_wake_ahead)->default_value(d.cuda_wake_ahead), "a producer whose GPU puts arrive at a steady rate (at most 100 ms apart, varying by at most an eighth) finds the copy engine's thread, and with cuda-io-spin the io thread, awake when its next put is due: they wake a little before it (200 us + 2 mean deviations, at most 1 ms) rather than on it, and poll until it comes or as long after its due time")
     ("cuda-lost", po::value(&c.cuda_lost)->default_value(d.cuda_lost), "after an error that loses the GPU context (GPU puts fail until tensorshmd restarts): serve = keep serving CPU clients; exit = stop (all objects go) with status 3, for the service manager to restart")
     ("log-level", po::value(&log_level)->default_value("info"), "debug, info, notice, warning or error");
   // clang-format on
@@ -197,6 +198,7 @@ std::string describe(const Config& c) {
      << "cuda-copy-timeout-ms = " << c.cuda_copy_timeout_ms << "\n"
      << "cuda-linger-us = " << c.cuda_linger_us << "\n"
      << "cuda-io-spin = " << (c.cuda_io_spin ? "true" : "false") << "\n"
+     << "cuda-wake-ahead = " << (c.cuda_wake_ahead ? "true" : "false") << "\n"
      << "cuda-lost = " << c.cuda_lost << "\n"
      << "log-level = " << level_name(c.log_level) << "\n";
   return os.str();

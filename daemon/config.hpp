@@ -34,6 +34,7 @@ struct Config {
   std::uint32_t cuda_copy_timeout_ms = 30000;    // fail a GPU put whose copy has not completed; 0: never
   std::uint32_t cuda_linger_us = 0;              // copy engine keeps polling this long after a copy ends; 0: sleeps
   bool cuda_io_spin = true;                      // io thread polls while a GPU copy is about to end (no wake-up)
+  bool cuda_wake_ahead = true;                   // threads awake just before a steady producer's next GPU put
   std::string cuda_lost = "serve";               // after the GPU context is lost: serve (CPU only) | exit (status 3)
   LogLevel log_level = LogLevel::info;
   std::string shm_dir = "/dev/shm";              // where shm_open puts segments (for sweeping and free-space checks)

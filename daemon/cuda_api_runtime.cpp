@@ -192,6 +192,7 @@ std::unique_ptr<CopyEngine> make_cuda_copy_engine(const Config& config, boost::a
   options.copy_timeout = std::chrono::milliseconds(config.cuda_copy_timeout_ms);
   options.linger = std::chrono::microseconds(config.cuda_linger_us);
   options.io_spin = config.cuda_io_spin;
+  options.wake_ahead = config.cuda_wake_ahead;
   auto engine = CudaCopyEngine::create(make_runtime_cuda_api(), io, options);
   if (!engine) {
     log::notice("no usable GPU (", engine.error().message,

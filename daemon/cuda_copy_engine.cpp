@@ -562,9 +562,9 @@ void CudaCopyEngine::submit(Request request, Done done) {
   p->state = state;
   pending_[id] = std::move(p);
   engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), id, r = std::move(request),
-                       object = std::move(object), state]() mutable {
+                       object = std::move(object), state, arrived = std::chrono::steady_clock::now()]() mutable {
     if (alive.expired()) return;
-    if (auto st = start(id, r, object, state); !st) {
+    if (auto st = start(id, r, object, state, arrived); !st) {
       log::warning(st.error().message);
       if (claim(*state, PutState::cancelled)) post_complete(id, std::move(st));
     }
@@ -587,7 +587,7 @@ std::string lost_context_hint(const std::string& lost) {
 }  // namespace
 
 Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object,
-                             const std::shared_ptr<std::atomic<int>>& state) {
+                             const std::shared_ptr<std::atomic<int>>& state, TimePoint arrived) {
   if (state->load() == PutState::cancelled) return ok_status();  // timed out before its turn: answered
   if (const std::string lost = api_->lost(); !lost.empty())
     return Error{Errc::cuda_error, object + ": " + lost_context_hint(lost)};
@@ -600,6 +600,7 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
     return Error{Errc::invalid_argument, object + ": the CUDA memory handle is all zeros"};
 
   SessionState& s = sessions_[r.session];
+  s.cadence.arrived(arrived);
   auto stream = stream_for(s, **dev, object);
   if (!stream) return std::move(stream).error();
   auto mem = open_mem(s, r.mem_handle, (*dev)->ordinal, object);
@@ -724,10 +725,10 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
   // blocks on a device wedged by a copy that never ends.
   if (stopping_) return std::nullopt;
   polls_.fetch_add(1, std::memory_order_relaxed);
-  auto events = poll_events(all_now);
-  auto copies = poll_copies(all_now);
-  if (events && copies) return std::min(*events, *copies);
-  if (events || copies) return events ? events : copies;
+  std::optional<std::chrono::microseconds> next;
+  for (auto d : {poll_events(all_now), poll_copies(all_now), poll_cadences()})
+    if (d) next = next ? std::min(*next, *d) : *d;
+  if (next) return next;
   // Nothing to poll: linger awake for the producer's next put, if asked to.
   if (options_.linger.count() > 0 && std::chrono::steady_clock::now() - last_end_ < options_.linger)
     return std::chrono::microseconds(0);
@@ -780,6 +781,31 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       look_now = true;
     }
     it = q.empty() ? on_streams_.erase(it) : std::next(it);
+  }
+  return next;
+}
+
+std::optional<std::chrono::microseconds> CudaCopyEngine::poll_cadences() {
+  using namespace std::chrono_literals;
+  if (!options_.wake_ahead) return std::nullopt;
+  const auto now = std::chrono::steady_clock::now();
+  std::optional<std::chrono::microseconds> next;
+  for (auto& [session, s] : sessions_) {
+    const auto w = s.cadence.next();
+    if (!w || now >= w->until || s.closed) continue;
+    if (now < w->from) {
+      const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(w->from - now) + 1us;
+      next = next ? std::min(*next, wait) : wait;
+      continue;
+    }
+    // Inside the window: the put is due. Stay awake, and keep the io thread
+    // awake too, so that neither wakes up on the put's path.
+    if (s.awake_until != w->until) {
+      s.awake_until = w->until;
+      wake_aheads_.fetch_add(1, std::memory_order_relaxed);
+      if (options_.io_spin) io_awake_.until(w->until);
+    }
+    next = 0us;
   }
   return next;
 }

@@ -11,7 +11,10 @@
 // that producer. The end of a copy is polled the same way, on an event of the
 // engine's own recorded after it, at times the CopyClock plans from the
 // copy's predicted end: no CUDA callback thread and no wake-up of the engine
-// thread lie between the end of the DMA and the answer.
+// thread lie between the end of the DMA and the answer, and the io thread is
+// kept polling over that end (Options::io_spin). A producer that puts at a
+// steady rate finds both threads awake when its next put is due
+// (Options::wake_ahead, PutCadence).
 //
 // Every CudaApi call runs on one engine thread, never on the io_context
 // thread: a CUDA call that blocks behind a wedged copy (a producer killed
@@ -46,6 +49,7 @@
 #include "copy_engine.hpp"
 #include "cuda_api.hpp"
 #include "io_awake.hpp"
+#include "put_cadence.hpp"
 
 namespace tensorshm::daemon {
 
@@ -103,6 +107,10 @@ class CudaCopyEngine final : public CopyEngine {
     // the engine would stop (CopyClock::spin_end), and for `linger` after a
     // copy ends: the put's answer then needs no wake-up of the io thread.
     bool io_spin = true;
+    // A producer whose puts arrive at a steady rate (PutCadence) finds the
+    // engine thread, and with io_spin the io thread, awake when its next put
+    // is due: both wake a little before it instead of on it.
+    bool wake_ahead = true;
   };
 
   /// Discovers the devices. An Error (no_gpu: no driver, no device) when
@@ -150,6 +158,9 @@ class CudaCopyEngine final : public CopyEngine {
   std::uint64_t polls() const noexcept { return polls_.load(std::memory_order_relaxed); }
   /// The io thread's busy windows (Options::io_spin), from any thread.
   const IoAwake& io_awake() const noexcept { return io_awake_; }
+  /// Windows the engine thread stayed awake in for a producer's next put
+  /// (Options::wake_ahead), from any thread.
+  std::uint64_t wake_aheads() const noexcept { return wake_aheads_.load(std::memory_order_relaxed); }
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
   /// What the engine thread is doing, from any thread, for the messages of
@@ -190,6 +201,8 @@ class CudaCopyEngine final : public CopyEngine {
     std::map<int, void*> streams;  // device -> stream
     std::uint32_t in_flight = 0;
     bool closed = false;
+    PutCadence cadence;  // when its next put is due (Options::wake_ahead)
+    PutCadence::TimePoint awake_until{};  // the end of the last window entered for it
   };
   using TimePoint = std::chrono::steady_clock::time_point;
   struct Copy {  // engine thread
@@ -248,7 +261,7 @@ class CudaCopyEngine final : public CopyEngine {
   /// it must own what it uses).
   bool on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience = std::nullopt);
   Status start(std::uint64_t id, Request& r, const std::string& object,
-               const std::shared_ptr<std::atomic<int>>& state);
+               const std::shared_ptr<std::atomic<int>>& state, TimePoint arrived);
   /// Queues the copy and records an event after it (or hands it to the
   /// helper thread when the destination is not pinned), unless the io thread
   /// cancelled the put first.
@@ -276,6 +289,10 @@ class CudaCopyEngine final : public CopyEngine {
   /// that ended, in order, teaching the device's clock. Returns when to poll
   /// again.
   std::optional<std::chrono::microseconds> poll_copies(bool all_now);
+  /// Engine thread: keeps the engine thread (and the io thread) awake in the
+  /// window around each regular producer's next put. Returns when to look
+  /// again (zero: inside a window).
+  std::optional<std::chrono::microseconds> poll_cadences();
   /// Whether the copy at the head of `q` has ended: its event, or (when it
   /// has none) the next copy's on the stream, or the stream itself.
   Result<bool> head_done(const StreamCopies& q, bool& own_event);
@@ -333,6 +350,7 @@ class CudaCopyEngine final : public CopyEngine {
   bool stopping_ = false;  // shut_down ran: nothing is polled any more
   TimePoint last_end_{};   // when the engine last saw a copy end (Options::linger)
   std::atomic<std::uint64_t> polls_{0};
+  std::atomic<std::uint64_t> wake_aheads_{0};
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread

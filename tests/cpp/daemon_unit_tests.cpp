@@ -711,22 +711,32 @@ TEST_CASE("cuda_linger_above_100_ms_is_a_usage_error_and_up_to_it_is_taken") {
   CHECK_FALSE(parse({"--cuda-linger-us", "-1"}).has_value());
 }
 
-TEST_CASE("cuda_io_spin_is_on_by_default_is_turned_off_by_a_flag_or_the_file_and_takes_only_booleans") {
-  auto defaults = parse({});
-  REQUIRE(defaults.has_value());
-  CHECK(defaults->cuda_io_spin);
-  CHECK(describe(*defaults).find("cuda-io-spin = true\n") != std::string::npos);
-  auto flag = parse({"--cuda-io-spin", "false"});
-  REQUIRE(flag.has_value());
-  CHECK_FALSE(flag->cuda_io_spin);
-  TempFile file("cuda-io-spin = off\n");
-  auto from_file = parse({"--config", file.path});
-  REQUIRE(from_file.has_value());
-  CHECK_FALSE(from_file->cuda_io_spin);
-  CHECK(describe(*from_file).find("cuda-io-spin = false\n") != std::string::npos);
-  auto bad = parse({"--cuda-io-spin", "sometimes"});
-  REQUIRE_FALSE(bad.has_value());
-  CHECK(bad.error().message.find("cuda-io-spin") != std::string::npos);
+TEST_CASE("the_gpu_polling_switches_are_on_by_default_turned_off_by_a_flag_or_the_file_and_take_only_booleans") {
+  struct Switch {
+    std::string key;
+    bool Config::*member;
+  };
+  for (const Switch& sw :
+       {Switch{"cuda-io-spin", &Config::cuda_io_spin}, Switch{"cuda-wake-ahead", &Config::cuda_wake_ahead}}) {
+    CAPTURE(sw.key);
+    auto defaults = parse({});
+    REQUIRE(defaults.has_value());
+    CHECK((*defaults).*sw.member);
+    CHECK(describe(*defaults).find(sw.key + " = true\n") != std::string::npos);
+    const std::string flag_name = "--" + sw.key;
+    auto flag = parse({flag_name, "false"});
+    REQUIRE(flag.has_value());
+    CHECK_FALSE((*flag).*sw.member);
+    CHECK(flag->cuda_io_spin + flag->cuda_wake_ahead == 1);  // one switch does not move the other
+    TempFile file(sw.key + " = off\n");
+    auto from_file = parse({"--config", file.path});
+    REQUIRE(from_file.has_value());
+    CHECK_FALSE((*from_file).*sw.member);
+    CHECK(describe(*from_file).find(sw.key + " = false\n") != std::string::npos);
+    auto bad = parse({flag_name, "sometimes"});
+    REQUIRE_FALSE(bad.has_value());
+    CHECK(bad.error().message.find(sw.key) != std::string::npos);
+  }
 }
 
 TEST_CASE("cuda_lost_is_serve_by_default_takes_exit_from_a_flag_or_the_file_and_refuses_anything_else") {

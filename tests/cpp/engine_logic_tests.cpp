@@ -18,6 +18,7 @@
 #include "asio.hpp"
 #include "cuda_copy_engine.hpp"
 #include "host_cuda_api.hpp"
+#include "put_cadence.hpp"
 #include "pool.hpp"
 #include "registry.hpp"
 #include "server.hpp"
@@ -545,6 +546,38 @@ TEST_CASE("on a GPU that runs by itself: the io thread is kept polling over a co
     CHECK(awake.windows() <= windows + 1);
     if (awake.windows() == windows + 1) CHECK(awake.rounds() > rounds);
     else WARN_MESSAGE(false, "the engine thread looked at the copy late (the machine is busy); no window to check");
+  }
+}
+
+TEST_CASE("on a GPU that runs by itself: a producer putting at a steady rate finds the engine awake when its put is due") {
+  struct Case {
+    bool wake_ahead;
+    bool steady;
+  };
+  for (const Case k : {Case{true, true}, Case{false, true}, Case{true, false}}) {
+    CAPTURE(k.wake_ahead);
+    CAPTURE(k.steady);
+    CudaCopyEngine::Options o;
+    o.wake_ahead = k.wake_ahead;
+    Rig rig(1, o);
+    rig.api->run_by_itself(kSimRate);
+    auto p = rig.producer(64 * kKiB);
+    auto next = std::chrono::steady_clock::now();
+    for (int i = 0; i < 16; ++i) {
+      next += k.steady ? 6ms : (i % 2 ? 2ms : 10ms);
+      std::this_thread::sleep_until(next);
+      auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+      REQUIRE(rig.answered(*out));
+      CHECK(out->ok());
+    }
+    if (!k.wake_ahead || !k.steady) {
+      CHECK(rig.engine->wake_aheads() == 0);
+    } else {
+      // Windows from the fifth put on, unless this machine is so busy that
+      // the 6 ms sleeps vary by more than an eighth.
+      CHECK(rig.engine->wake_aheads() >= 1);
+      CHECK(rig.engine->wake_aheads() <= 12);
+    }
   }
 }
 
@@ -1248,6 +1281,70 @@ TEST_CASE("with cuda-lost = exit the server stops by itself once the GPU context
 }
 
 }  // TEST_SUITE
+
+TEST_SUITE("put cadence") {
+
+using CClock = PutCadence::Clock;
+
+/// Puts at t0, t0 + gaps[0], t0 + gaps[0] + gaps[1], ...; returns the last time.
+CClock::time_point feed(PutCadence& c, CClock::time_point t0, std::initializer_list<std::chrono::microseconds> gaps) {
+  c.arrived(t0);
+  for (auto g : gaps) c.arrived(t0 += g);
+  return t0;
+}
+
+TEST_CASE("a steady producer gets a window around its next put once four intervals agree") {
+  PutCadence c;
+  const auto t0 = CClock::now();
+  auto last = feed(c, t0, {10ms, 10ms, 10ms});
+  CHECK_FALSE(c.next().has_value());  // three intervals: not yet
+  last = feed(c, last, {10ms});
+  REQUIRE(c.next().has_value());
+  // The first interval counted as deviating by 2.5 ms; three exact ones since
+  // brought that to 2.5 ms * 0.75^3 = 1055 us: a lead of 200 us + 2 deviations,
+  // at most 1 ms.
+  CHECK(c.interval_us() == doctest::Approx(10000));
+  CHECK(c.deviation_us() == doctest::Approx(2500 * 0.421875));
+  auto w = c.next();
+  CHECK(w->from == last + 10ms - 1ms);
+  CHECK(w->until == last + 10ms + 1ms);
+  for (int i = 0; i < 20; ++i) last = feed(c, last, {10ms});
+  w = c.next();
+  REQUIRE(w.has_value());
+  CHECK(c.deviation_us() < 10);
+  CHECK(w->until - w->from < 450us);  // settles to about 200 us either side
+  CHECK(w->from > last + 9700us);
+}
+
+TEST_CASE("irregular, slow or stopped producers get no window") {
+  const auto t0 = CClock::now();
+  PutCadence jumpy;
+  feed(jumpy, t0, {5ms, 15ms, 5ms, 15ms, 5ms, 15ms, 5ms, 15ms, 5ms, 15ms});
+  CHECK_FALSE(jumpy.next().has_value());  // deviating by half the interval
+  PutCadence slow;
+  feed(slow, t0, {200ms, 200ms, 200ms, 200ms, 200ms, 200ms});
+  CHECK_FALSE(slow.next().has_value());  // a wake-up is nothing next to 200 ms
+  PutCadence once;
+  once.arrived(t0);
+  once.arrived(t0);  // the same time again: not an interval
+  CHECK_FALSE(once.next().has_value());
+  CHECK(once.interval_us() == 0);
+}
+
+TEST_CASE("a window never takes more than half of the interval, and follows the last put") {
+  PutCadence fast;
+  auto last = feed(fast, CClock::now(), {400us, 400us, 400us, 400us, 400us, 400us});
+  auto w = fast.next();
+  REQUIRE(w.has_value());
+  CHECK(w->until - w->from <= 200us);  // a lead of at most a quarter of 400 us
+  // A late put moves the next window with it (and the deviation grows).
+  fast.arrived(last + 450us);
+  w = fast.next();
+  REQUIRE(w.has_value());
+  CHECK(w->from > last + 450us);
+}
+
+}  // TEST_SUITE("put cadence")
 
 TEST_SUITE("copy clock") {
 
