@@ -33,8 +33,8 @@ KIT=$ROOT/.gpu-kit
 OUT=${OUT:-/tmp/tshm-gpu-out}
 # TSHM_GPU_ONLY=bench: the machine, the daemon (logging each GPU copy's
 # timings at debug level) and the C++ benchmark only, against the default
-# daemon and again with --cuda-io-spin false and with --cuda-linger-us 20000
-# (about three minutes: give it timeout -k 5 240).
+# daemon and again with --cuda-io-spin false, --cuda-wake-ahead false and
+# --cuda-linger-us 20000 (about three minutes: give it timeout -k 5 240).
 ONLY=${TSHM_GPU_ONLY:-}
 DAEMON_LOG_LEVEL=info
 [[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
@@ -209,7 +209,8 @@ if [[ $ONLY == bench ]]; then
   note "daemon-side timings" "${copy_split:-none logged}"
   # The same benchmark against daemons that differ in one setting, to show
   # what each buys and at what CPU cost: the io thread asleep until each
-  # answer (--cuda-io-spin false), and both threads lingering awake after
+  # answer (--cuda-io-spin false), both threads asleep until each put arrives
+  # (--cuda-wake-ahead false), and both threads lingering awake after
   # each copy (--cuda-linger-us 20000: longer than the benchmark's gap between
   # two puts up to 64 MiB (about 9 ms), so that no put waits for a thread to wake up: the
   # most that avoiding wake-ups can give, and its CPU cost).
@@ -226,6 +227,7 @@ if [[ $ONLY == bench ]]; then
     fi
   }
   bench_again nospin "D2H, io spin off" --cuda-io-spin false
+  bench_again noahead "D2H, wake-ahead off" --cuda-wake-ahead false
   bench_again linger "D2H, linger 20 ms" --cuda-linger-us 20000
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
