@@ -541,6 +541,8 @@ void CudaCopyEngine::submit(Request request, Done done) {
   // On the io thread: note the put, arm its timeout, hand it to the engine
   // thread. Nothing here calls CUDA or waits.
   const std::uint64_t id = next_copy_++;
+  std::optional<PutCadence::Window> window;
+  if (options_.wake_ahead) window = expect_next_put(request.session);
   auto p = std::make_unique<Pending>();
   p->done = std::move(done);
   p->dst = request.dst;
@@ -562,13 +564,29 @@ void CudaCopyEngine::submit(Request request, Done done) {
   p->state = state;
   pending_[id] = std::move(p);
   engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), id, r = std::move(request),
-                       object = std::move(object), state, arrived = std::chrono::steady_clock::now()]() mutable {
+                       object = std::move(object), state, window]() mutable {
     if (alive.expired()) return;
-    if (auto st = start(id, r, object, state, arrived); !st) {
+    if (auto st = start(id, r, object, state, window); !st) {
       log::warning(st.error().message);
       if (claim(*state, PutState::cancelled)) post_complete(id, std::move(st));
     }
   });
+}
+
+std::optional<PutCadence::Window> CudaCopyEngine::expect_next_put(std::uint64_t session) {
+  IoCadence& c = cadences_[session];
+  c.cadence.arrived(std::chrono::steady_clock::now());
+  auto w = c.cadence.next();
+  if (w && options_.io_spin) {
+    if (!c.wake) c.wake = std::make_unique<asio::steady_timer>(io_);
+    c.wake->expires_at(w->from);  // cancels the wait for the window before, if any
+    c.wake->async_wait([this, alive = std::weak_ptr<int>(alive_), until = w->until](const error_code& ec) {
+      if (ec || alive.expired()) return;
+      io_wake_aheads_.fetch_add(1, std::memory_order_relaxed);
+      io_awake_.until(until);
+    });
+  }
+  return w;
 }
 
 std::string CudaCopyEngine::trouble() const {
@@ -587,7 +605,8 @@ std::string lost_context_hint(const std::string& lost) {
 }  // namespace
 
 Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& object,
-                             const std::shared_ptr<std::atomic<int>>& state, TimePoint arrived) {
+                             const std::shared_ptr<std::atomic<int>>& state,
+                             std::optional<PutCadence::Window> window) {
   if (state->load() == PutState::cancelled) return ok_status();  // timed out before its turn: answered
   if (const std::string lost = api_->lost(); !lost.empty())
     return Error{Errc::cuda_error, object + ": " + lost_context_hint(lost)};
@@ -600,7 +619,7 @@ Status CudaCopyEngine::start(std::uint64_t id, Request& r, const std::string& ob
     return Error{Errc::invalid_argument, object + ": the CUDA memory handle is all zeros"};
 
   SessionState& s = sessions_[r.session];
-  s.cadence.arrived(arrived);
+  s.window = window;
   auto stream = stream_for(s, **dev, object);
   if (!stream) return std::move(stream).error();
   auto mem = open_mem(s, r.mem_handle, (*dev)->ordinal, object);
@@ -728,11 +747,10 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
   std::optional<std::chrono::microseconds> next;
   for (auto d : {poll_events(all_now), poll_copies(all_now), poll_cadences()})
     if (d) next = next ? std::min(*next, *d) : *d;
-  if (next) return next;
-  // Nothing to poll: linger awake for the producer's next put, if asked to.
+  // Linger awake for the producer's next put, if asked to, whatever else waits.
   if (options_.linger.count() > 0 && std::chrono::steady_clock::now() - last_end_ < options_.linger)
     return std::chrono::microseconds(0);
-  return std::nullopt;
+  return next;
 }
 
 std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_now) {
@@ -791,19 +809,18 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_cadences() {
   const auto now = std::chrono::steady_clock::now();
   std::optional<std::chrono::microseconds> next;
   for (auto& [session, s] : sessions_) {
-    const auto w = s.cadence.next();
+    const auto& w = s.window;
     if (!w || now >= w->until || s.closed) continue;
     if (now < w->from) {
       const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(w->from - now) + 1us;
       next = next ? std::min(*next, wait) : wait;
       continue;
     }
-    // Inside the window: the put is due. Stay awake, and keep the io thread
-    // awake too, so that neither wakes up on the put's path.
+    // Inside the window: the put is due. Stay awake (the io thread's timer
+    // keeps it awake too), so that neither wakes up on the put's path.
     if (s.awake_until != w->until) {
       s.awake_until = w->until;
       wake_aheads_.fetch_add(1, std::memory_order_relaxed);
-      if (options_.io_spin) io_awake_.until(w->until);
     }
     next = 0us;
   }
@@ -1083,6 +1100,7 @@ void CudaCopyEngine::forget_handle(std::uint64_t session, const std::array<std::
 }
 
 void CudaCopyEngine::session_closed(std::uint64_t session) {
+  cadences_.erase(session);  // io thread: its timer goes with it
   engine_thread_->run([this, alive = std::weak_ptr<int>(alive_), session] {
     if (alive.expired()) return;
     auto it = sessions_.find(session);

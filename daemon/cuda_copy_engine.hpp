@@ -161,6 +161,8 @@ class CudaCopyEngine final : public CopyEngine {
   /// Windows the engine thread stayed awake in for a producer's next put
   /// (Options::wake_ahead), from any thread.
   std::uint64_t wake_aheads() const noexcept { return wake_aheads_.load(std::memory_order_relaxed); }
+  /// The same for the io thread (its timer opened the window), from any thread.
+  std::uint64_t io_wake_aheads() const noexcept { return io_wake_aheads_.load(std::memory_order_relaxed); }
   /// Destinations of puts that timed out (io thread).
   const std::vector<std::pair<const void*, std::uint64_t>>& quarantined() const noexcept { return quarantined_; }
   /// What the engine thread is doing, from any thread, for the messages of
@@ -201,8 +203,8 @@ class CudaCopyEngine final : public CopyEngine {
     std::map<int, void*> streams;  // device -> stream
     std::uint32_t in_flight = 0;
     bool closed = false;
-    PutCadence cadence;  // when its next put is due (Options::wake_ahead)
-    PutCadence::TimePoint awake_until{};  // the end of the last window entered for it
+    std::optional<PutCadence::Window> window;  // when its next put is due (Options::wake_ahead)
+    PutCadence::TimePoint awake_until{};       // the end of the last window entered for it
   };
   using TimePoint = std::chrono::steady_clock::time_point;
   struct Copy {  // engine thread
@@ -261,7 +263,7 @@ class CudaCopyEngine final : public CopyEngine {
   /// it must own what it uses).
   bool on_engine(std::function<void()> job, std::optional<std::chrono::milliseconds> patience = std::nullopt);
   Status start(std::uint64_t id, Request& r, const std::string& object,
-               const std::shared_ptr<std::atomic<int>>& state, TimePoint arrived);
+               const std::shared_ptr<std::atomic<int>>& state, std::optional<PutCadence::Window> window);
   /// Queues the copy and records an event after it (or hands it to the
   /// helper thread when the destination is not pinned), unless the io thread
   /// cancelled the put first.
@@ -289,10 +291,15 @@ class CudaCopyEngine final : public CopyEngine {
   /// that ended, in order, teaching the device's clock. Returns when to poll
   /// again.
   std::optional<std::chrono::microseconds> poll_copies(bool all_now);
-  /// Engine thread: keeps the engine thread (and the io thread) awake in the
-  /// window around each regular producer's next put. Returns when to look
-  /// again (zero: inside a window).
+  /// Engine thread: keeps the engine thread awake in the window around each
+  /// regular producer's next put. Returns when to look again (zero: inside a
+  /// window).
   std::optional<std::chrono::microseconds> poll_cadences();
+  /// Io thread: notes that `session` put now; returns the window around its
+  /// next put, if its puts are regular, and sets a timer that keeps the io
+  /// thread awake through that window (Options::io_spin). The engine thread
+  /// wakes for the same window on its own, so the two wake-ups overlap.
+  std::optional<PutCadence::Window> expect_next_put(std::uint64_t session);
   /// Whether the copy at the head of `q` has ended: its event, or (when it
   /// has none) the next copy's on the stream, or the stream itself.
   Result<bool> head_done(const StreamCopies& q, bool& own_event);
@@ -351,6 +358,12 @@ class CudaCopyEngine final : public CopyEngine {
   TimePoint last_end_{};   // when the engine last saw a copy end (Options::linger)
   std::atomic<std::uint64_t> polls_{0};
   std::atomic<std::uint64_t> wake_aheads_{0};
+  std::atomic<std::uint64_t> io_wake_aheads_{0};
+  struct IoCadence {  // io thread: a producer connection's put cadence (Options::wake_ahead)
+    PutCadence cadence;
+    std::unique_ptr<boost::asio::steady_timer> wake;  // opens the io thread's window when the next put is due
+  };
+  std::map<std::uint64_t, IoCadence> cadences_;  // io thread, per session
   std::map<std::uint64_t, std::unique_ptr<Pending>> pending_;  // io thread
   std::vector<std::pair<const void*, std::uint64_t>> quarantined_;  // io thread
   std::uint64_t next_copy_ = 1;  // io thread

@@ -11,14 +11,18 @@ using namespace std::chrono_literals;
 void PutCadence::arrived(TimePoint t) noexcept {
   if (last_ != TimePoint{} && t > last_) {
     const double sample = std::chrono::duration<double, std::micro>(t - last_).count();
-    if (seen_ == 0) {
-      interval_us_ = sample;
-      deviation_us_ = sample / 4;  // unknown: irregular until the next intervals agree
+    if (seen_ > 0 && (sample > 4 * interval_us_ || sample > static_cast<double>(kLongest.count()))) {
+      seen_ = 0;  // a pause: learn the rate afresh from the next put on
     } else {
-      deviation_us_ = 0.75 * deviation_us_ + 0.25 * std::abs(sample - interval_us_);
-      interval_us_ = 0.75 * interval_us_ + 0.25 * sample;
+      if (seen_ == 0) {
+        interval_us_ = sample;
+        deviation_us_ = sample / 4;  // unknown: irregular until the next intervals agree
+      } else {
+        deviation_us_ = 0.75 * deviation_us_ + 0.25 * std::abs(sample - interval_us_);
+        interval_us_ = 0.75 * interval_us_ + 0.25 * sample;
+      }
+      if (seen_ < kSettle) ++seen_;
     }
-    if (seen_ < kSettle) ++seen_;
   }
   if (t > last_) last_ = t;
 }

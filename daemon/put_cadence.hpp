@@ -4,8 +4,9 @@
 // copy engine wakes its own thread and the io thread a little before the put
 // is expected (daemon/io_awake.hpp) instead of each paying a wake-up from a
 // deep idle state on the put's path (up to a few hundred microseconds on a GPU
-// host, docs/gpu.md). Irregular producers get no window. Pure arithmetic on
-// times, so that tests check it without a clock.
+// host, docs/gpu.md). Irregular producers get no window, and neither do
+// producers that put several tensors per step (their intervals alternate).
+// Pure arithmetic on times, so that tests check it without a clock.
 #pragma once
 
 #include <chrono>
@@ -26,7 +27,8 @@ class PutCadence {
   static constexpr Micros kLongest{100'000};
 
   /// A put arrived at `t` (times must not go backwards; a put at the same
-  /// time as the one before is ignored).
+  /// time as the one before is ignored). An interval over 4 times the mean,
+  /// or over kLongest, is a pause: learning starts again from this put.
   void arrived(TimePoint t) noexcept;
 
   struct Window {
