@@ -209,6 +209,11 @@ bool all_zero(const auto& bytes) {
   return true;
 }
 
+/// Keeps in `next` the sooner of it and `d`: when a poll wants to run again.
+void sooner(std::optional<std::chrono::microseconds>& next, std::chrono::microseconds d) {
+  next = next ? std::min(*next, d) : d;
+}
+
 double ms_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double, std::milli>(std::chrono::steady_clock::now() - t0).count();
 }
@@ -746,7 +751,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
   polls_.fetch_add(1, std::memory_order_relaxed);
   std::optional<std::chrono::microseconds> next;
   for (auto d : {poll_events(all_now), poll_copies(all_now), poll_cadences()})
-    if (d) next = next ? std::min(*next, *d) : *d;
+    if (d) sooner(next, *d);
   // Linger awake for the producer's next put, if asked to, whatever else waits.
   if (options_.linger.count() > 0 && std::chrono::steady_clock::now() - last_end_ < options_.linger)
     return std::chrono::microseconds(0);
@@ -756,7 +761,6 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll(bool all_now) {
 std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_now) {
   if (on_streams_.empty()) return std::nullopt;
   std::optional<std::chrono::microseconds> next;
-  const auto wait = [&](std::chrono::microseconds d) { next = next ? std::min(*next, d) : d; };
   for (auto it = on_streams_.begin(); it != on_streams_.end();) {
     StreamCopies& q = it->second;
     bool look_now = all_now;
@@ -768,7 +772,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       if (plan.query && plan.delay.count() == 0 && options_.io_spin && !std::exchange(c.io_woken, true))
         io_awake_.until(CopyClock::spin_end(c.start, c.expected_end));  // its answer then finds the io thread up
       if (!plan.query && !look_now) {
-        wait(plan.delay);
+        sooner(next, plan.delay);
         break;
       }
       bool own_event = false;  // the answer came from the head's own event
@@ -776,7 +780,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_copies(bool all_no
       const auto seen = std::chrono::steady_clock::now();
       if (done && !*done) {
         c.last_look = seen;
-        wait(plan.delay);
+        sooner(next, plan.delay);
         break;
       }
       const bool prompt = c.last_look != TimePoint{} && CopyClock::prompt(c.start, c.last_look, seen);
@@ -812,8 +816,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_cadences() {
     const auto& w = s.window;
     if (!w || now >= w->until || s.closed) continue;
     if (now < w->from) {
-      const auto wait = std::chrono::duration_cast<std::chrono::microseconds>(w->from - now) + 1us;
-      next = next ? std::min(*next, wait) : wait;
+      sooner(next, std::chrono::duration_cast<std::chrono::microseconds>(w->from - now) + 1us);
       continue;
     }
     // Inside the window: the put is due. Stay awake (the io thread's timer
@@ -857,8 +860,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events(bool all_no
       }
       if (w.event != nullptr) {
         if (!all_now && now < w.next_query) {  // each event on its own schedule
-          const auto until = std::chrono::duration_cast<std::chrono::microseconds>(w.next_query - now) + 1us;
-          next = next ? std::min(*next, until) : until;
+          sooner(next, std::chrono::duration_cast<std::chrono::microseconds>(w.next_query - now) + 1us);
           break;
         }
         auto done = watched("cudaEventQuery", w.object, [&] { return api_->query_event(w.device, w.event, w.object); });
@@ -875,7 +877,7 @@ std::optional<std::chrono::microseconds> CudaCopyEngine::poll_events(bool all_no
           const auto age = now - w.since;
           const std::chrono::microseconds delay = age < 2ms ? 10us : age < 50ms ? 100us : 1000us;
           w.next_query = now + delay;
-          next = next ? std::min(*next, delay) : delay;
+          sooner(next, delay);
           break;
         }
       }
