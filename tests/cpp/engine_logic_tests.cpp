@@ -549,56 +549,74 @@ TEST_CASE("on a GPU that runs by itself: the io thread is kept polling over a co
   }
 }
 
+/// Puts 64 KiB from `p` (session 1) `n` times, `gap(i)` after the one
+/// before, running the io_context in between as tensorshmd's io thread does.
+template <class Gap>
+void put_at_intervals(Rig& rig, const Producer& p, int n, Gap gap) {
+  auto guard = asio::make_work_guard(rig.io);
+  auto next = std::chrono::steady_clock::now();
+  for (int i = 0; i < n; ++i) {
+    next += gap(i);
+    rig.io.restart();
+    rig.io.run_until(next);
+    auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
+    REQUIRE(rig.answered(*out));
+    CHECK(out->ok());
+  }
+}
+
 TEST_CASE("on a GPU that runs by itself: a producer putting at a steady rate finds the engine awake when its put is due") {
   struct Case {
     bool wake_ahead;
     bool steady;
+    bool hang_up = false;  // the producer disconnects after its last put
   };
-  for (const Case k : {Case{true, true}, Case{false, true}, Case{true, false}}) {
+  for (const Case k : {Case{true, true}, Case{false, true}, Case{true, false}, Case{true, true, true}}) {
     CAPTURE(k.wake_ahead);
     CAPTURE(k.steady);
-    // A busy machine can make the 6 ms sleeps vary by more than an eighth
-    // (no window then) or the engine thread wake only after the put: up to
-    // three tries of sixteen puts.
+    CAPTURE(k.hang_up);
+    // A busy machine can make the 6 ms gaps vary by more than an eighth (no
+    // window then) or the engine thread wake only after the put: up to three
+    // tries of sixteen puts.
     for (int attempt = 0; attempt < 3; ++attempt) {
       CudaCopyEngine::Options o;
       o.wake_ahead = k.wake_ahead;
       Rig rig(1, o);
       rig.api->run_by_itself(kSimRate);
       auto p = rig.producer(64 * kKiB);
-      auto guard = asio::make_work_guard(rig.io);  // this thread runs the io_context between puts, as tensorshmd's does
-      auto next = std::chrono::steady_clock::now();
-      for (int i = 0; i < 16; ++i) {
-        next += k.steady ? 6ms : (i % 2 ? 2ms : 10ms);
-        rig.io.restart();
-        rig.io.run_until(next);
-        auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
-        REQUIRE(rig.answered(*out));
-        CHECK(out->ok());
-      }
+      put_at_intervals(rig, p, 16, [&](int i) { return k.steady ? 6ms : (i % 2 ? 2ms : 10ms); });
       const std::uint64_t windows = rig.engine->wake_aheads();
-      if (k.wake_ahead && k.steady && windows == 0 && attempt < 2) {
-        guard.reset();
-        continue;
-      }
+      const std::uint64_t io_windows = rig.engine->io_wake_aheads();
+      if (k.wake_ahead && k.steady && windows == 0 && attempt < 2) continue;
       if (!k.wake_ahead || !k.steady) {
         CHECK(windows == 0);
-        CHECK(rig.engine->io_wake_aheads() == 0);
-      } else {
-        // Windows for puts 6 to 16 (and a 17th that never comes), the engine
-        // thread's and, from its timer, the io thread's (this test's, which
-        // runs the io_context between puts).
-        CHECK(windows >= 1);
-        CHECK(windows <= 12);
-        CHECK(rig.engine->io_wake_aheads() >= 1);
-        CHECK(rig.engine->io_wake_aheads() <= 12);
-        // The producer stopped: after its last window, no more polling.
-        std::this_thread::sleep_for(20ms);
-        const std::uint64_t polls = rig.engine->polls();
-        std::this_thread::sleep_for(20ms);
-        CHECK(rig.engine->polls() - polls < 5);
+        CHECK(io_windows == 0);
+        break;
       }
-      guard.reset();
+      // Windows for puts 6 to 16 (and a 17th that never comes), the engine
+      // thread's and, from its timer, the io thread's (this test's, which runs
+      // the io_context between puts).
+      CHECK(windows >= 1);
+      CHECK(windows <= 12);
+      CHECK(io_windows >= 1);
+      CHECK(io_windows <= 12);
+      if (k.hang_up) {
+        // Gone before its next put was due: no window opens for it, on either
+        // thread (its io timer is cancelled, its engine state dropped).
+        rig.engine->session_closed(1);
+        auto guard = asio::make_work_guard(rig.io);
+        rig.io.restart();
+        rig.io.run_for(20ms);
+        CHECK(rig.engine->io_wake_aheads() == io_windows);
+        CHECK(rig.engine->wake_aheads() == windows);
+        CHECK(rig.engine->sessions() == 0);
+        break;
+      }
+      // The producer stopped: after its last window, no more polling.
+      std::this_thread::sleep_for(20ms);
+      const std::uint64_t polls = rig.engine->polls();
+      std::this_thread::sleep_for(20ms);
+      CHECK(rig.engine->polls() - polls < 5);
       break;
     }
   }
@@ -610,13 +628,7 @@ TEST_CASE("on a GPU that runs by itself: linger keeps the engine polling after a
   Rig rig(1, o);
   rig.api->run_by_itself(kSimRate);
   auto p = rig.producer(64 * kKiB);
-  auto next = std::chrono::steady_clock::now();
-  for (int i = 0; i < 10; ++i) {  // steady: a window ahead of each put from the sixth on
-    next += 6ms;
-    std::this_thread::sleep_until(next);
-    auto out = rig.submit(rig.request(1, p, 0, 64 * kKiB));
-    REQUIRE(rig.answered(*out));
-  }
+  put_at_intervals(rig, p, 10, [](int) { return 6ms; });  // steady: a window ahead of each put from the sixth on
   // Before the next window, lingering: polling without sleeping.
   const std::uint64_t before = rig.engine->polls();
   std::this_thread::sleep_for(3ms);
