@@ -2,12 +2,12 @@
 # Sanitizer and fuzzing runs (docs/reliability.md); scripts/test.sh runs `all`.
 #
 #   scripts/sanitizers.sh asan          ASan+UBSan (gcc, build-asan): the C++ tests (protocol,
-#                                       daemon units, integration, engine) and the daemon they
+#                                       daemon and client units, integration, engine) and the daemon they
 #                                       start, then the fault and security suites against the
 #                                       ASan daemon (the 256-client soak excepted: it runs
 #                                       against the release build in the main test run)
 #   scripts/sanitizers.sh tsan          TSan (gcc, build-tsan): the concurrency tests: the copy
-#                                       engine (its worker threads), the integration tests
+#                                       engine (its worker threads), the client's copy helpers, the integration tests
 #                                       (threads sharing a client, the daemon's pre-touch threads)
 #   scripts/sanitizers.sh fuzz [SECS]   libFuzzer (clang, build-fuzz): tests/fuzz for SECS
 #                                       seconds (default 30) from the committed corpus
@@ -42,16 +42,17 @@ build_targets() {
 run_asan() {
   cmake -S . -B build-asan "${COMMON[@]}" -DTENSORSHM_SANITIZE=address,undefined >/dev/null
   build_targets build-asan tensorshmd tensorshmctl tshm_test_peer tshm_fault_peer \
-    tshm_protocol_tests tshm_daemon_unit_tests tshm_integration_tests tshm_engine_tests tshm_engine_cpu_only_tests
-  ctest --test-dir build-asan --output-on-failure --timeout 600 -L 'protocol|unit|integration'
+    tshm_protocol_tests tshm_daemon_unit_tests tshm_client_unit_tests tshm_integration_tests tshm_engine_tests \
+    tshm_engine_cpu_only_tests
+  ctest --test-dir build-asan --output-on-failure --timeout 600 -L 'protocol|unit|client|integration'
   ctest --test-dir build-asan --output-on-failure --timeout 600 -R '^engine:'
   ctest --test-dir build-asan --output-on-failure --timeout 600 -L 'fault|security' -E '^fault_soak$'
 }
 
 run_tsan() {
   cmake -S . -B build-tsan "${COMMON[@]}" -DTENSORSHM_SANITIZE=thread >/dev/null
-  build_targets build-tsan tensorshmd tshm_test_peer tshm_integration_tests tshm_engine_tests
-  ctest --test-dir build-tsan --output-on-failure --timeout 600 -L integration
+  build_targets build-tsan tensorshmd tshm_test_peer tshm_integration_tests tshm_engine_tests tshm_client_unit_tests
+  ctest --test-dir build-tsan --output-on-failure --timeout 600 -L 'client|integration'
   ctest --test-dir build-tsan --output-on-failure --timeout 600 -R '^engine:'
 }
 

@@ -8,6 +8,7 @@
 #include <cstring>
 
 #include "connection.hpp"
+#include "parallel_copy.hpp"
 #include "strided_copy.hpp"
 
 namespace tensorshm {
@@ -24,21 +25,22 @@ T unwrap(Result<T>&& r) {
 const ObjectInfo kNoInfo{};
 
 /// Writes `src` into `dst`, laid out with `dst_strides` (elements; empty: C
-/// order): one memcpy of `nbytes` when `src` is dense (`src_dense`: C or
-/// Fortran order) in that same layout, else element by element.
+/// order), with up to `threads` threads (parallel_copy.hpp): one memcpy of
+/// `nbytes` when `src` is dense (`src_dense`: C or Fortran order) in that same
+/// layout, else element by element.
 void copy_in(void* dst, std::span<const std::int64_t> dst_strides, const HostView& src, bool src_dense,
-             std::uint64_t nbytes) {
+             std::uint64_t nbytes, unsigned threads) {
   const auto in_c = [&](std::span<const std::int64_t> s) { return s.empty() || detail::is_c_contiguous(src.shape, s); };
   const bool same = src.strides.empty() || dst_strides.empty() ? in_c(src.strides) && in_c(dst_strides)
                                                                : std::ranges::equal(src.strides, dst_strides);
   if (src_dense && same) {
-    if (nbytes > 0) std::memcpy(dst, src.data, nbytes);
+    detail::copy_bytes(dst, src.data, nbytes, threads);
     return;
   }
   const std::vector<std::int64_t> c_order = protocol::c_strides(src.shape);
   const auto or_c = [&](std::span<const std::int64_t> s) { return s.empty() ? std::span(c_order) : s; };
-  detail::strided_copy(dst, or_c(dst_strides), src.data, or_c(src.strides), src.shape,
-                       static_cast<std::int64_t>(dtype_itemsize(src.dtype)));
+  detail::strided_copy_parallel(dst, or_c(dst_strides), src.data, or_c(src.strides), src.shape,
+                                static_cast<std::int64_t>(dtype_itemsize(src.dtype)), threads);
 }
 
 }  // namespace
@@ -192,7 +194,7 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
     const auto build = [&](flatbuffers::FlatBufferBuilder& fbb) {
       std::uint8_t* bytes = nullptr;
       const auto data = fbb.CreateUninitializedVector(*dense, &bytes);
-      copy_in(bytes, opts.strides, src, src_c || src_f, *dense);
+      copy_in(bytes, opts.strides, src, src_c || src_f, *dense, 1);  // at most kMaxPutBytes
       const auto name_offset = fbb.CreateString(name.data(), name.size());
       const auto shape = fbb.CreateVector(src.shape);
       const auto strides = fbb.CreateVector(opts.strides);
@@ -209,7 +211,7 @@ ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateO
   }
   lk.unlock();
   Buffer b = create(name, src.dtype, src.shape, opts);
-  copy_in(b.data(), b.info().strides, src, src_c || src_f, b.nbytes());
+  copy_in(b.data(), b.info().strides, src, src_c || src_f, b.nbytes(), conn_->copy_threads());
   return b.seal();
 }
 

@@ -17,6 +17,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "parallel_copy.hpp"
 #include "tensorshm/client.hpp"
 #include "tensorshm/protocol.hpp"
 
@@ -114,11 +115,14 @@ class Connection : public std::enable_shared_from_this<Connection> {
   /// Changes whenever a new connection replaces the old one.
   std::uint64_t epoch() const noexcept { return epoch_; }
   const DaemonInfo& info() const noexcept { return info_; }
+  /// Client::Options::copy_threads, resolved against the environment.
+  unsigned copy_threads() const noexcept { return copy_threads_; }
 
  private:
   explicit Connection(Client::Options options) : options_(std::move(options)) {
     const char* env = std::getenv("TENSORSHM_SPIN_WAIT");
     spin_wait_ = options_.spin_wait.value_or(env == nullptr || std::string_view(env) != "0");
+    copy_threads_ = resolve_copy_threads(options_.copy_threads, std::getenv("TENSORSHM_COPY_THREADS"));
   }
   Status connect_locked();
   void disconnect_locked() noexcept;
@@ -147,6 +151,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint32_t next_request_ = 1;
   std::chrono::microseconds reply_in_{0};  // expect_reply_in, for the next request only
   bool spin_wait_ = true;                  // Client::Options::spin_wait, resolved against the environment
+  unsigned copy_threads_ = 1;               // Client::Options::copy_threads, likewise
   DaemonInfo info_;
   std::vector<std::byte> rbuf_;
   std::vector<std::byte> wbuf_;

@@ -1,7 +1,9 @@
 #include "strided_copy.hpp"
 
+#include <array>
 #include <cstring>
-#include <vector>
+
+#include "tensorshm/protocol.hpp"
 
 namespace tensorshm::detail {
 
@@ -29,7 +31,7 @@ bool is_f_contiguous(std::span<const std::int64_t> shape, std::span<const std::i
 
 void strided_copy(void* dst, std::span<const std::int64_t> dst_strides, const void* src,
                   std::span<const std::int64_t> src_strides, std::span<const std::int64_t> shape,
-                  std::int64_t itemsize) {
+                  std::int64_t itemsize) noexcept {
   const std::size_t nd = shape.size();
   for (auto d : shape)
     if (d == 0) return;
@@ -40,7 +42,7 @@ void strided_copy(void* dst, std::span<const std::int64_t> dst_strides, const vo
   // The innermost dimension moves as one memcpy when both sides are dense in it.
   const std::size_t last = nd - 1;
   const bool run = dst_strides[last] == 1 && src_strides[last] == 1;
-  std::vector<std::int64_t> idx(nd, 0);
+  std::array<std::int64_t, protocol::kMaxDims> idx{};  // check_layout allows at most kMaxDims
   auto* d = static_cast<std::byte*>(dst);
   const auto* s = static_cast<const std::byte*>(src);
   for (;;) {

@@ -13,8 +13,9 @@ bool is_f_contiguous(std::span<const std::int64_t> shape, std::span<const std::i
 
 /// Copies every element of `shape` from src (strides in elements, may be 0) to
 /// dst (strides in elements), moving the innermost contiguous runs with memcpy.
+/// At most protocol::kMaxDims dimensions.
 void strided_copy(void* dst, std::span<const std::int64_t> dst_strides, const void* src,
                   std::span<const std::int64_t> src_strides, std::span<const std::int64_t> shape,
-                  std::int64_t itemsize);
+                  std::int64_t itemsize) noexcept;
 
 }  // namespace tensorshm::detail

@@ -884,6 +884,37 @@ TEST_CASE("put_of_a_non_contiguous_view_stores_it_packed_in_c_order") {
   CHECK(c.put("t", transposed).strides == std::vector<std::int64_t>{1, 4});
 }
 
+TEST_CASE("large_puts_copied_by_several_threads_arrive_whole_dense_fortran_and_packed") {
+  Daemon d;
+  Client::Options o{d.socket_path(), "copy-threads"};
+  o.copy_threads = 4;
+  auto c = Client::connect(o);
+  // 6 MiB of int32 (above the 2 MiB parallel minimum), 1024 x 1536.
+  const std::int64_t rows = 1024, cols = 1536;
+  std::vector<std::int32_t> m(static_cast<std::size_t>(rows * cols));
+  for (std::size_t i = 0; i < m.size(); ++i) m[i] = static_cast<std::int32_t>(i * 7 + 1);
+  const auto at = [&](std::int64_t r, std::int64_t k) { return m[static_cast<std::size_t>(r * cols + k)]; };
+
+  c.put("dense", HostView{m.data(), dtypes::kInt32, {rows, cols}, {}});
+  auto o1 = c.get("dense");
+  CHECK(std::memcmp(o1.data(), m.data(), m.size() * 4) == 0);
+
+  // The transpose is Fortran order: kept as is, one dense copy.
+  CHECK(c.put("transposed", HostView{m.data(), dtypes::kInt32, {cols, rows}, {1, cols}}).strides ==
+        std::vector<std::int64_t>{1, cols});
+  auto o2 = c.get("transposed");
+  CHECK(std::memcmp(o2.data(), m.data(), m.size() * 4) == 0);
+
+  // Every other column: packed to C order, rows split between the threads.
+  c.put("halves", HostView{m.data(), dtypes::kInt32, {rows, cols / 2}, {cols, 2}});
+  auto o3 = c.get("halves");
+  const auto* p = static_cast<const std::int32_t*>(o3.data());
+  bool same = true;
+  for (std::int64_t r = 0; r < rows && same; ++r)
+    for (std::int64_t k = 0; k < cols / 2 && same; ++k) same = p[r * (cols / 2) + k] == at(r, 2 * k);
+  CHECK(same);
+}
+
 }  // namespace
 
 // ---- small puts in one round trip (PutBytes) ---------------------------------------

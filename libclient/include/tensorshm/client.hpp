@@ -207,6 +207,12 @@ class Client {
     /// each wait (at most a quarter of it, 2 ms, plus 0.3 ms). Unset: on,
     /// unless the environment has TENSORSHM_SPIN_WAIT=0.
     std::optional<bool> spin_wait;
+    /// Host puts of at least 2 MiB copy with up to this many threads, the
+    /// caller's included (helpers are started on first use and then sleep
+    /// between copies): one core's memcpy reaches only part of the memory
+    /// bandwidth. Unset: $TENSORSHM_COPY_THREADS, else the CPUs this process
+    /// may run on, at most 8. 1: the calling thread alone.
+    std::optional<unsigned> copy_threads;
   };
 
   /// Connects and says hello. Throws Exception(daemon_unreachable) naming the
