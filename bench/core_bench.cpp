@@ -2,7 +2,8 @@
 // the same run on the same machine.
 //   1. get of a 4 KiB object  vs  a bare Unix-socket ping-pong between two processes
 //   2. get of a 1 GiB object  vs  get of a 4 KiB object           (zero copy: size-independent)
-//   3. put of 256 MiB         vs  memcpy into populated memory     (one copy at memcpy speed)
+//   3. put of 256 MiB         vs  memcpy into populated memory     (one copy at memcpy speed), and
+//                                 vs  the same put copying on 1 thread (what the copy threads give)
 //   4. put of a small object  vs  create + memcpy + seal           (one round trip with the bytes, PutBytes,
 //                                                                    against two; informative, per size)
 // Usage: tshm_core_bench [--daemon PATH] [--quick]
@@ -171,12 +172,22 @@ int main(int argc, char** argv) {
     std::memcpy(dst.data(), src.data(), n);
     mc.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
+  // The same put copying on the calling thread alone (Options::copy_threads = 1),
+  // interleaved with the default's so that both see the same machine.
+  tensorshm::Client::Options o1 = o;
+  o1.copy_threads = 1;
+  auto c1 = tensorshm::Client::connect(o1);
+  const tensorshm::HostView whole{src.data(), tensorshm::dtypes::kUInt8, {static_cast<std::int64_t>(n)}, {}};
+  std::vector<double> pt1;
   for (int i = 0; i < reps; ++i) {
     auto t0 = Clock::now();
-    c.put("bench/put256", {src.data(), tensorshm::dtypes::kUInt8, {static_cast<std::int64_t>(n)}, {}});
+    c.put("bench/put256", whole);
     pt.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
+    t0 = Clock::now();
+    c1.put("bench/put256", whole);
+    pt1.push_back(std::chrono::duration<double>(Clock::now() - t0).count());
   }
-  const double memcpy_gbs = n / median(mc) / 1e9, put_gbs = n / median(pt) / 1e9;
+  const double memcpy_gbs = n / median(mc) / 1e9, put_gbs = n / median(pt) / 1e9, put1_gbs = n / median(pt1) / 1e9;
 
   // 4. small puts: one round trip with the bytes vs create + memcpy + seal
   const std::size_t small_sizes[] = {64, 1024, 4096, 16384, 32768, 65536};
@@ -193,6 +204,9 @@ int main(int argc, char** argv) {
               g1g.get_us / g4.get_us, g1g.get_us / g4.get_us <= 2.0 ? "<= 2x: met" : "<= 2x: MISSED");
   std::printf("%-44s %9.2f GB/s %9.2f GB/s %7.0f%% %s\n", "put 256 MiB  vs  memcpy (populated)", put_gbs, memcpy_gbs,
               100 * put_gbs / memcpy_gbs, put_gbs / memcpy_gbs >= 0.8 ? ">= 80%: met" : ">= 80%: MISSED");
+  const std::string threads = "put 256 MiB  vs  put copying on 1 thread";
+  std::printf("%-44s %9.2f GB/s %9.2f GB/s %7.2fx %s\n", threads.c_str(), put_gbs, put1_gbs, put_gbs / put1_gbs,
+              "(informative: the default copy threads, TENSORSHM_COPY_THREADS)");
   for (std::size_t i = 0; i < std::size(small_sizes); ++i) {
     const std::string what = "put " + std::to_string(small_sizes[i]) + " B  vs  create+memcpy+seal";
     std::printf("%-44s %10.2f us %10.2f us %7.2fx %s\n", what.c_str(), small_puts[i].first, small_puts[i].second,

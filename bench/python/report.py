@@ -157,8 +157,8 @@ def goals(r: Results) -> list[Goal]:
             why += (f"{'; ' if why else ''}Ray (not counted as copying: its get is zero-copy too) takes "
                     f"{us(rr)} = {ratio(rr / t)}")
             if rr < 1.5 * t:
-                why += (": `ray.put` copies big buffers with several threads (`ray::parallel_memcopy`), tensorshm's "
-                        "put with one; a multi-threaded copy in put for large objects would close that gap")
+                why += (": both copy big buffers with several threads (Ray's `parallel_memcopy`, tensorshm's copy "
+                        "threads: `TENSORSHM_COPY_THREADS`, docs/configuration.md) and hand off without a second copy")
         add("copying-256", "256 MiB round trip with put ≥ 7× faster than the best copying peer",
             f"{LABEL[best]} {us(peers[best])} / {us(t)} = {ratio(k)}", k >= 7, why, k)
     else:
