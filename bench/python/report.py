@@ -287,7 +287,9 @@ def roundtrip_tables(r: Results) -> str:
     text += ("\n### Round trip, Python: ratios\n\n"
              "*put/create vs peer* = the peer's latency ÷ tensorshm's (how many times faster tensorshm is); "
              "*put ÷ floor* = tensorshm's latency in units of the floor (how far above the physics it is). "
-             "A handoff that copies once cannot beat one ping-pong plus one memcpy, the last column.\n\n"
+             "A handoff that copies once on one thread cannot beat one ping-pong plus one memcpy, the last "
+             "column; from 2 MiB tensorshm's put copies with several threads (`TENSORSHM_COPY_THREADS`), so there "
+             "it can go below 1×.\n\n"
              + table(head, rows) + "\n")
 
     # C++
@@ -482,7 +484,8 @@ def document(r: Results, png: Path, out: Path, history: list[Results]) -> str:
         "for every peer). Times are medians of a warm-up-free series per size (budget "
         f"{e.get('config', {}).get('budget_s')} s, at least {e.get('config', {}).get('min_iters')} iterations).",
         "",
-        "* **tensorshm put** — `c.put(name, arr)` (one copy into the pinned pool); the consumer waits in "
+        "* **tensorshm put** — `c.put(name, arr)` (one copy into the pinned pool, from 2 MiB split between the "
+        "client's copy threads, by default one per CPU up to 8); the consumer waits in "
         "`c.get(name, newer_than=v)`, gets a read-only view of the pool (no copy) and drops it.",
         "* **tensorshm create→fill→seal** — `with c.create(name, shape, dtype) as buf: buf[...] = src`: the "
         "producer writes in place. *of which create + seal* excludes the fill.",
@@ -502,7 +505,7 @@ def document(r: Results, png: Path, out: Path, history: list[Results]) -> str:
         "* **tensorshm (C++)** — the same handoffs through `tensorshm::Client` (`put`, `create`/`seal`), "
         "acknowledged over a socketpair.",
         "* **Floors** — a bare Unix-socket ping-pong of 64 B between two processes (C and Python) and a "
-        "memcpy between two populated buffers (C `memcpy`, numpy `copyto`).",
+        "memcpy between two populated buffers on one thread (C `memcpy`, numpy `copyto`).",
         "",
         "Fan-out: one producer, four consumers, 8 MiB frames, every frame delivered to every consumer with "
         "at most about two frames in flight per consumer (queues of 2, or the producer waits). The "
