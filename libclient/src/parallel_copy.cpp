@@ -1,7 +1,6 @@
 #include "parallel_copy.hpp"
 
 #include <pthread.h>
-#include <sched.h>
 #include <signal.h>
 #include <unistd.h>
 
@@ -17,6 +16,7 @@
 #include <system_error>
 #include <thread>
 
+#include "cpu_budget.hpp"
 #include "strided_copy.hpp"
 #include "tensorshm/protocol.hpp"
 
@@ -152,17 +152,14 @@ constexpr std::size_t kChunksPerThread = 1;
 
 }  // namespace
 
-unsigned resolve_copy_threads(std::optional<unsigned> requested, const char* env) noexcept {
+unsigned resolve_copy_threads(std::optional<unsigned> requested, const char* env) {
   unsigned n = 0;
   const std::string_view e = env != nullptr ? env : "";
   if (requested) {
     n = *requested;
   } else if (auto [end, ec] = std::from_chars(e.data(), e.data() + e.size(), n);
              e.empty() || ec != std::errc{} || end != e.data() + e.size()) {
-    cpu_set_t set;  // not a number: the CPUs this process may run on
-    CPU_ZERO(&set);
-    const int cpus = ::sched_getaffinity(0, sizeof set, &set) == 0 ? CPU_COUNT(&set) : 1;
-    n = static_cast<unsigned>(std::min(cpus, 8));
+    n = std::min(usable_cpus(), 8u);  // not a number
   }
   return std::clamp(n, 1u, kMaxCopyThreads);
 }

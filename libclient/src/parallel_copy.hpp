@@ -21,9 +21,9 @@ inline constexpr unsigned kMaxCopyThreads = 64;
 
 /// The threads a client copies with: `requested` when given (0 counts as 1),
 /// else $TENSORSHM_COPY_THREADS when it is a number, else the CPUs this
-/// process may run on, at most 8 (more rarely add bandwidth); at most
-/// kMaxCopyThreads.
-unsigned resolve_copy_threads(std::optional<unsigned> requested, const char* env) noexcept;
+/// process may use (cpu_budget.hpp: its affinity mask and its cgroup's CPU
+/// quota), at most 8 (more rarely add bandwidth); at most kMaxCopyThreads.
+unsigned resolve_copy_threads(std::optional<unsigned> requested, const char* env);
 
 /// memcpy of `n` bytes with up to `threads` threads, the caller included:
 /// parts of at least kParallelCopyGrain, on the calling thread alone below

@@ -293,10 +293,12 @@ auto sliced_wait(std::int64_t timeout_ms, F&& f) {
 
 class PyClient {
  public:
-  PyClient(const std::string& socket_path, const std::string& client_name) {
+  // copy_threads < 0: unset (TENSORSHM_COPY_THREADS, else the usable CPUs).
+  PyClient(const std::string& socket_path, const std::string& client_name, int copy_threads) {
     Client::Options o;
     o.socket_path = socket_path;
     o.client_name = client_name;
+    if (copy_threads >= 0) o.copy_threads = static_cast<unsigned>(copy_threads);
     nb::gil_scoped_release nogil;
     client_ = std::make_shared<Client>(Client::connect(std::move(o)));
   }
@@ -610,7 +612,8 @@ NB_MODULE(_tensorshm, m) {
       .def("get", &PyCudaFuture::get, "Waits for the daemon's answer; returns the info tuple.");
 
   nb::class_<PyClient>(m, "Client", "One connection to tensorshmd.")
-      .def(nb::init<const std::string&, const std::string&>(), "socket_path"_a = "", "client_name"_a = "")
+      .def(nb::init<const std::string&, const std::string&, int>(), "socket_path"_a = "", "client_name"_a = "",
+           "copy_threads"_a = -1)
       .def("close", &PyClient::close)
       .def_prop_ro("closed", &PyClient::closed)
       .def_prop_ro("daemon_info", &PyClient::daemon_info)

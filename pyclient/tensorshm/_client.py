@@ -326,9 +326,13 @@ class Client:
     holds them).
     """
 
-    def __init__(self, socket: str | os.PathLike[str] | None = None, *, name: str | None = None) -> None:
+    def __init__(self, socket: str | os.PathLike[str] | None = None, *, name: str | None = None,
+                 copy_threads: int | None = None) -> None:
         path = "" if socket is None else os.fspath(socket)
-        self._c: Any = _tensorshm.Client(path, name if name is not None else _default_client_name())
+        if copy_threads is not None and (type(copy_threads) is not int or copy_threads < 1):
+            raise InvalidArgument(f"copy_threads must be an int >= 1 or None, not {copy_threads!r}")
+        self._c: Any = _tensorshm.Client(path, name if name is not None else _default_client_name(),
+                                         -1 if copy_threads is None else copy_threads)
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -595,7 +599,8 @@ def _put_ndarray(c: Any, name: str, arr: np.ndarray, dtype: Any, tmo: int, sh: i
     return c.put_host(name, data, code[0], code[1], arr.shape, [s // item for s in strides], tmo, sh)
 
 
-def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = None) -> Client:
+def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = None,
+            copy_threads: int | None = None) -> Client:
     """Connects to tensorshmd.
 
     ``socket``: the daemon's socket; by default ``$TENSORSHM_SOCKET``, else the
@@ -604,9 +609,12 @@ def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = 
     else the system service's socket (see :func:`default_socket_path`).
     ``name``: shown in the daemon's log. Raises DaemonUnreachable (naming the
     socket tried and how to start the daemon) or VersionMismatch. The Client
-    is also a context manager that closes it.
+    is also a context manager that closes it. ``copy_threads``: puts of at
+    least 2 MiB from host memory copy with up to this many threads, the
+    caller's included; by default ``$TENSORSHM_COPY_THREADS``, else the CPUs
+    this process may use (affinity and cgroup quota), at most 8.
     """
-    return Client(socket, name=name)
+    return Client(socket, name=name, copy_threads=copy_threads)
 
 
 def default_socket_path() -> str:

@@ -1,7 +1,8 @@
 // Unit tests of the client library's internals, with no daemon: the parallel
 // copies of a put (libclient/src/parallel_copy.hpp) against the plain ones,
 // for every split, layout and thread count, from several threads at once and
-// in a forked child.
+// in a forked child; and how many threads it uses (cpu_budget.hpp), against
+// cgroup files written into a temporary folder.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
@@ -11,10 +12,13 @@
 
 #include <cstdint>
 #include <cstring>
+#include <filesystem>
+#include <fstream>
 #include <numeric>
 #include <thread>
 #include <vector>
 
+#include "cpu_budget.hpp"
 #include "parallel_copy.hpp"
 #include "strided_copy.hpp"
 #include "test_data.hpp"
@@ -167,4 +171,69 @@ TEST_CASE("copy_threads_come_from_the_option_then_the_environment_then_the_cpus_
     CAPTURE(bad);
     CHECK(resolve_copy_threads(std::nullopt, bad) == cpus);
   }
+}
+
+// ---- how many CPUs: cgroup quotas ------------------------------------------------
+
+namespace {
+
+/// A temporary folder standing for /sys/fs/cgroup.
+struct FakeCgroupFs {
+  std::filesystem::path root = std::filesystem::temp_directory_path() /
+                               ("tshm-cgroup-" + std::to_string(::getpid()) + "-" + std::to_string(counter++));
+  FakeCgroupFs() { std::filesystem::create_directories(root); }
+  ~FakeCgroupFs() { std::filesystem::remove_all(root); }
+  void write(const std::string& rel, const std::string& text) const {
+    std::filesystem::create_directories((root / rel).parent_path());
+    std::ofstream(root / rel) << text;
+  }
+  std::optional<unsigned> limit(std::string_view proc_self_cgroup) const {
+    return cgroup_cpu_limit(proc_self_cgroup, root.string());
+  }
+  static inline int counter = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a_cpu_quota_allows_its_cpus_rounded_up_and_no_quota_allows_any") {
+  CHECK(cpus_of_quota(200000, 100000) == 2u);
+  CHECK(cpus_of_quota(150000, 100000) == 2u);
+  CHECK(cpus_of_quota(50000, 100000) == 1u);
+  CHECK(cpus_of_quota(-1, 100000) == std::nullopt);
+  CHECK(cpus_of_quota(100000, 0) == std::nullopt);
+}
+
+TEST_CASE("the_cgroup_v2_cpu_max_of_the_process_group_limits_the_copy_threads") {
+  FakeCgroupFs fs;
+  fs.write("app.slice/job/cpu.max", "250000 100000\n");
+  CHECK(fs.limit("0::/app.slice/job\n") == 3u);
+  fs.write("app.slice/job/cpu.max", "max 100000\n");
+  CHECK(fs.limit("0::/app.slice/job\n") == std::nullopt);
+  // In a container's cgroup namespace the group is the mount's root.
+  FakeCgroupFs ns;
+  ns.write("cpu.max", "100000 100000\n");
+  CHECK(ns.limit("0::/\n") == 1u);
+  CHECK(ns.limit("0::/not/mounted/here\n") == 1u);
+}
+
+TEST_CASE("the_cgroup_v1_cfs_quota_of_the_cpu_hierarchy_limits_the_copy_threads") {
+  FakeCgroupFs fs;
+  fs.write("cpu/docker/abc/cpu.cfs_quota_us", "300000\n");
+  fs.write("cpu/docker/abc/cpu.cfs_period_us", "100000\n");
+  const char* self = "5:memory:/docker/abc\n4:cpu,cpuacct:/docker/abc\n0::/\n";
+  CHECK(fs.limit(self) == 3u);
+  fs.write("cpu/docker/abc/cpu.cfs_quota_us", "-1\n");
+  CHECK(fs.limit(self) == std::nullopt);
+  CHECK(fs.limit("4:cpuacct:/docker/abc\n") == std::nullopt);  // no cpu controller line
+}
+
+TEST_CASE("no_readable_cgroup_file_means_no_limit_and_the_process_may_use_at_least_one_cpu") {
+  FakeCgroupFs fs;
+  CHECK(fs.limit("0::/x\n3:cpu:/y\n") == std::nullopt);
+  CHECK(fs.limit("garbage") == std::nullopt);
+  CHECK(fs.limit("") == std::nullopt);
+  fs.write("x/cpu.max", "lots 100000\n");
+  CHECK(fs.limit("0::/x\n") == std::nullopt);
+  CHECK(usable_cpus() >= 1);
+  CHECK(usable_cpus() <= std::thread::hardware_concurrency());
 }

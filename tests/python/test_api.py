@@ -124,3 +124,18 @@ def test_tensorshmctl_sees_what_python_put(client, name, daemon):
     assert r.returncode == 0, r.stderr
     (listed,) = json.loads(r.stdout)
     assert (listed["name"], listed["dtype"], listed["shape"]) == (name, "complex64", [2, 3])
+
+
+def test_large_puts_copied_by_several_threads_arrive_whole(daemon, name):
+    src = np.arange(3 * 1024 * 1024, dtype=np.float32).reshape(1024, 3072)  # 12 MiB
+    with tensorshm.connect(daemon.socket, copy_threads=4) as c:
+        c.put(name + "/dense", src)
+        c.put(name + "/cols", src[:, ::3])  # packed to C order, rows split between the threads
+        np.testing.assert_array_equal(c.get(name + "/dense"), src)
+        np.testing.assert_array_equal(c.get(name + "/cols"), src[:, ::3])
+
+
+@pytest.mark.parametrize("bad", [0, -1, 1.5, "2", True])
+def test_copy_threads_must_be_a_positive_int(daemon, bad):
+    with pytest.raises(tensorshm.InvalidArgument, match="copy_threads"):
+        tensorshm.connect(daemon.socket, copy_threads=bad)

@@ -211,7 +211,8 @@ class Client {
     /// caller's included (helpers are started on first use and then sleep
     /// between copies): one core's memcpy reaches only part of the memory
     /// bandwidth. Unset: $TENSORSHM_COPY_THREADS, else the CPUs this process
-    /// may run on, at most 8. 1: the calling thread alone.
+    /// may use (its affinity mask and its cgroup's CPU quota), at most 8.
+    /// 1: the calling thread alone; at most 64.
     std::optional<unsigned> copy_threads;
   };
 
