@@ -177,6 +177,10 @@ Buffer Client::create(std::string_view name, DType dtype, std::span<const std::i
 }
 
 ObjectInfo Client::put(std::string_view name, const HostView& src, const CreateOptions& options) {
+  if (!src.strides.empty() && src.strides.size() != src.shape.size())
+    raise(Error{Errc::invalid_argument, "put '" + std::string(name) + "': the source has " +
+                                            std::to_string(src.strides.size()) + " strides for " +
+                                            std::to_string(src.shape.size()) + " dimensions"});
   CreateOptions opts = options;
   const bool src_c = src.strides.empty() || detail::is_c_contiguous(src.shape, src.strides);
   const bool src_f = !src_c && detail::is_f_contiguous(src.shape, src.strides);

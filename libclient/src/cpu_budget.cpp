@@ -1,12 +1,13 @@
 #include "cpu_budget.hpp"
 
-#include <sched.h>
+#include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <charconv>
 #include <fstream>
 #include <sstream>
-#include <vector>
+#include <thread>
 
 namespace tensorshm::detail {
 namespace {
@@ -64,24 +65,62 @@ std::optional<unsigned> cpus_of_quota(long long quota, long long period) noexcep
 }
 
 std::optional<unsigned> cgroup_cpu_limit(std::string_view proc_self_cgroup, const std::string& root) {
+  // Reads `leaf` and each folder above it up to `top`; keeps the smallest limit.
+  const auto smallest = [](std::string top, const std::string& path, auto&& limit_in) {
+    while (top.size() > 1 && top.back() == '/') top.pop_back();
+    std::optional<unsigned> best;
+    bool any = false;
+    for (std::string dir = top + path;;) {
+      while (dir.size() > top.size() && dir.back() == '/') dir.pop_back();
+      if (const auto here = limit_in(dir, any)) best = best ? std::min(*best, *here) : *here;
+      if (dir.size() <= top.size()) break;
+      const auto slash = dir.rfind('/');
+      if (slash == std::string::npos || slash < top.size()) break;
+      dir.resize(std::max(slash, top.size()));
+    }
+    return std::pair{best, any};
+  };
   if (const auto v2 = group_path(proc_self_cgroup, "")) {
-    for (const std::string& dir : {root + *v2, root})
-      if (const std::string text = slurp(dir + "/cpu.max"); !text.empty()) return parse_cpu_max(text);
+    const auto [limit, any] = smallest(root, *v2, [](const std::string& dir, bool& any) -> std::optional<unsigned> {
+      const std::string text = slurp(dir + "/cpu.max");
+      any = any || !text.empty();
+      return text.empty() ? std::nullopt : parse_cpu_max(text);
+    });
+    if (any) return limit;
   }
   if (const auto v1 = group_path(proc_self_cgroup, "cpu")) {
-    for (const std::string& dir : {root + "/cpu" + *v1, root + "/cpu"}) {
-      const auto quota = to_number(slurp(dir + "/cpu.cfs_quota_us"));
-      const auto period = to_number(slurp(dir + "/cpu.cfs_period_us"));
-      if (quota && period) return cpus_of_quota(*quota, *period);
-    }
+    const auto [limit, any] =
+        smallest(root + "/cpu", *v1, [](const std::string& dir, bool& any) -> std::optional<unsigned> {
+          const auto quota = to_number(slurp(dir + "/cpu.cfs_quota_us"));
+          const auto period = to_number(slurp(dir + "/cpu.cfs_period_us"));
+          any = any || (quota && period);
+          return quota && period ? cpus_of_quota(*quota, *period) : std::nullopt;
+        });
+    if (any) return limit;
   }
   return std::nullopt;
 }
 
+std::optional<CpuMask> CpuMask::of_process() {
+  for (int cpus = 1024; cpus <= (1 << 16); cpus *= 2) {  // hosts with more than 1024 possible CPUs need more
+    CpuMask m;
+    m.set_.reset(CPU_ALLOC(cpus));
+    if (!m.set_) return std::nullopt;
+    m.bytes_ = CPU_ALLOC_SIZE(cpus);
+    CPU_ZERO_S(m.bytes_, m.set_.get());
+    if (::sched_getaffinity(::getpid(), m.bytes_, m.set_.get()) == 0) return m;  // the main thread's: pid == its tid
+    if (errno != EINVAL) return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+unsigned CpuMask::count() const noexcept { return static_cast<unsigned>(CPU_COUNT_S(bytes_, set_.get())); }
+
+bool CpuMask::apply_to_this_thread() const noexcept { return ::sched_setaffinity(0, bytes_, set_.get()) == 0; }
+
 unsigned usable_cpus() {
-  cpu_set_t set;
-  CPU_ZERO(&set);
-  unsigned cpus = ::sched_getaffinity(0, sizeof set, &set) == 0 ? static_cast<unsigned>(CPU_COUNT(&set)) : 1;
+  const auto mask = CpuMask::of_process();
+  unsigned cpus = mask ? mask->count() : std::max(1u, std::thread::hardware_concurrency());
   if (const auto quota = cgroup_cpu_limit(slurp("/proc/self/cgroup"), "/sys/fs/cgroup")) cpus = std::min(cpus, *quota);
   return std::max(cpus, 1u);
 }

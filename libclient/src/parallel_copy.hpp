@@ -36,7 +36,9 @@ void strided_copy_parallel(void* dst, std::span<const std::int64_t> dst_strides,
                            std::span<const std::int64_t> src_strides, std::span<const std::int64_t> shape,
                            std::int64_t itemsize, unsigned threads) noexcept;
 
-/// The helper threads this process has started for copies (tests).
-unsigned copy_helpers_started() noexcept;
+/// The helper threads this process has started for copies, and the chunks
+/// of copies they ran (tests).
+unsigned copy_helpers_started();
+std::uint64_t copy_chunks_by_helpers();
 
 }  // namespace tensorshm::detail

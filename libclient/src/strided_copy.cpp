@@ -33,6 +33,7 @@ void strided_copy(void* dst, std::span<const std::int64_t> dst_strides, const vo
                   std::span<const std::int64_t> src_strides, std::span<const std::int64_t> shape,
                   std::int64_t itemsize) noexcept {
   const std::size_t nd = shape.size();
+  if (nd > protocol::kMaxDims || dst_strides.size() != nd || src_strides.size() != nd) return;  // callers check
   for (auto d : shape)
     if (d == 0) return;
   if (nd == 0) {

@@ -332,7 +332,7 @@ class Client:
         if copy_threads is not None and (type(copy_threads) is not int or copy_threads < 1):
             raise InvalidArgument(f"copy_threads must be an int >= 1 or None, not {copy_threads!r}")
         self._c: Any = _tensorshm.Client(path, name if name is not None else _default_client_name(),
-                                         -1 if copy_threads is None else copy_threads)
+                                         -1 if copy_threads is None else min(copy_threads, 64))
 
     # ---- lifecycle ----------------------------------------------------------
 
@@ -612,7 +612,10 @@ def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = 
     is also a context manager that closes it. ``copy_threads``: puts of at
     least 2 MiB from host memory copy with up to this many threads, the
     caller's included; by default ``$TENSORSHM_COPY_THREADS``, else the CPUs
-    this process may use (affinity and cgroup quota), at most 8.
+    this process may use (affinity and cgroup quota), at most 8; at most 64.
+    The helper threads make the process multi-threaded: Python 3.12 and later
+    warn at ``os.fork()`` after the first such put (use ``copy_threads=1`` in
+    processes that fork, or the ``spawn``/``forkserver`` start methods).
     """
     return Client(socket, name=name, copy_threads=copy_threads)
 

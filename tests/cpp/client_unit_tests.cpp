@@ -115,6 +115,18 @@ TEST_CASE("a_copy_of_at_least_the_parallel_minimum_starts_helpers_and_a_smaller_
   CHECK(copy_helpers_started() == after);  // parked helpers are reused, not started again
 }
 
+TEST_CASE("helpers_run_part_of_a_large_copy") {
+  // The caller takes chunks too, so on a busy machine it may take all of one
+  // copy's; over 20 copies of 16 MiB the helpers get some.
+  const std::uint64_t before = copy_chunks_by_helpers();
+  for (int i = 0; i < 20 && copy_chunks_by_helpers() == before; ++i) CHECK(copies_exactly(16 * kMiB, 4, 40 + i));
+  CHECK(copy_chunks_by_helpers() > before);
+  // Below the parallel minimum the calling thread copies alone.
+  const std::uint64_t small = copy_chunks_by_helpers();
+  for (int i = 0; i < 5; ++i) CHECK(copies_exactly(kParallelCopyMin - 1, 4, 60 + i));
+  CHECK(copy_chunks_by_helpers() == small);
+}
+
 TEST_CASE("strided_copy_parallel_packs_transposed_sliced_broadcast_and_permuted_views_like_a_serial_walk") {
   for (unsigned threads : {1u, 2u, 5u}) {
     CAPTURE(threads);
@@ -125,7 +137,27 @@ TEST_CASE("strided_copy_parallel_packs_transposed_sliced_broadcast_and_permuted_
     CHECK(packs_exactly({3, 1024, 257}, {257, 3 * 257, 1}, threads)); // fewer rows than threads, 1 MiB each
     CHECK(packs_exactly({1, 1024, 1024}, {1, 1, 1024}, threads));     // one outer row: no split
     CHECK(packs_exactly({0, 1024}, {1024, 1}, threads));              // empty
+    CHECK(packs_exactly({1, 1, 512, 2048}, {1, 1, 1, 512}, threads)); // a batch of one, transposed: split dim 2
   }
+}
+
+TEST_CASE("a_destination_whose_rows_overlap_or_interleave_is_written_by_one_thread") {
+  // 4096 x 512 int32 from C order into Fortran order: row r's elements lie
+  // 4096 apart, interleaved with every other row's; and into a destination
+  // whose rows all start at the same place (stride 0, the last row wins).
+  const std::int64_t rows = 4096, cols = 512;
+  std::vector<std::int32_t> src(static_cast<std::size_t>(rows * cols));
+  std::iota(src.begin(), src.end(), 1);
+  const std::vector<std::int64_t> shape{rows, cols}, c_order{cols, 1};
+  std::vector<std::int32_t> f(src.size(), -1);
+  strided_copy_parallel(f.data(), std::vector<std::int64_t>{1, rows}, src.data(), c_order, shape, 4, 4);
+  bool same = true;
+  for (std::int64_t r = 0; r < rows; ++r)
+    for (std::int64_t k = 0; k < cols; ++k) same = same && f[static_cast<std::size_t>(k * rows + r)] == src[static_cast<std::size_t>(r * cols + k)];
+  CHECK(same);
+  std::vector<std::int32_t> one_row(static_cast<std::size_t>(cols), -1);
+  strided_copy_parallel(one_row.data(), std::vector<std::int64_t>{0, 1}, src.data(), c_order, shape, 4, 4);
+  CHECK(std::equal(one_row.begin(), one_row.end(), src.end() - cols));  // serial order: the last row
 }
 
 TEST_CASE("copies_from_several_threads_at_once_each_arrive_whole") {
@@ -147,8 +179,9 @@ TEST_CASE("a_forked_child_copies_in_parallel_with_helpers_of_its_own" * doctest:
   REQUIRE(child >= 0);
   if (child == 0) {
     ::alarm(30);  // a child stuck on its parent's helpers dies instead of hanging the test
+    const bool fresh = copy_helpers_started() == 0;  // the parent's pool is not this process's
     const bool ok = copies_exactly(8 * kMiB, 4, 12) && copy_helpers_started() >= 3;
-    ::_exit(ok ? 0 : 1);
+    ::_exit(fresh && ok ? 0 : 1);
   }
   int status = 0;
   REQUIRE(::waitpid(child, &status, 0) == child);
@@ -166,7 +199,7 @@ TEST_CASE("copy_threads_come_from_the_option_then_the_environment_then_the_cpus_
   const unsigned cpus = resolve_copy_threads(std::nullopt, nullptr);
   CHECK(cpus >= 1);
   CHECK(cpus <= 8);
-  CHECK(cpus <= std::thread::hardware_concurrency());
+  CHECK(cpus <= std::max(1u, std::thread::hardware_concurrency()));
   for (const char* bad : {"", "four", "4x", "-2", " 4"}) {
     CAPTURE(bad);
     CHECK(resolve_copy_threads(std::nullopt, bad) == cpus);
@@ -209,6 +242,11 @@ TEST_CASE("the_cgroup_v2_cpu_max_of_the_process_group_limits_the_copy_threads") 
   CHECK(fs.limit("0::/app.slice/job\n") == 3u);
   fs.write("app.slice/job/cpu.max", "max 100000\n");
   CHECK(fs.limit("0::/app.slice/job\n") == std::nullopt);
+  // A quota on an ancestor (a slice's CPUQuota=) limits the groups below it.
+  fs.write("app.slice/cpu.max", "200000 100000\n");
+  CHECK(fs.limit("0::/app.slice/job\n") == 2u);
+  fs.write("app.slice/job/cpu.max", "100000 100000\n");
+  CHECK(fs.limit("0::/app.slice/job\n") == 1u);  // the smallest wins
   // In a container's cgroup namespace the group is the mount's root.
   FakeCgroupFs ns;
   ns.write("cpu.max", "100000 100000\n");
@@ -224,6 +262,9 @@ TEST_CASE("the_cgroup_v1_cfs_quota_of_the_cpu_hierarchy_limits_the_copy_threads"
   CHECK(fs.limit(self) == 3u);
   fs.write("cpu/docker/abc/cpu.cfs_quota_us", "-1\n");
   CHECK(fs.limit(self) == std::nullopt);
+  fs.write("cpu/docker/cpu.cfs_quota_us", "150000\n");  // the parent group's quota
+  fs.write("cpu/docker/cpu.cfs_period_us", "100000\n");
+  CHECK(fs.limit(self) == 2u);
   CHECK(fs.limit("4:cpuacct:/docker/abc\n") == std::nullopt);  // no cpu controller line
 }
 
@@ -235,5 +276,5 @@ TEST_CASE("no_readable_cgroup_file_means_no_limit_and_the_process_may_use_at_lea
   fs.write("x/cpu.max", "lots 100000\n");
   CHECK(fs.limit("0::/x\n") == std::nullopt);
   CHECK(usable_cpus() >= 1);
-  CHECK(usable_cpus() <= std::thread::hardware_concurrency());
+  CHECK(usable_cpus() <= std::max(1u, std::thread::hardware_concurrency()));
 }

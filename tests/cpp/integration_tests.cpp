@@ -915,6 +915,15 @@ TEST_CASE("large_puts_copied_by_several_threads_arrive_whole_dense_fortran_and_p
   CHECK(same);
 }
 
+TEST_CASE("a_put_whose_strides_do_not_match_its_shape_fails_with_invalid_argument_and_leaves_nothing") {
+  Daemon d;
+  auto c = d.connect();
+  std::vector<std::int32_t> m(64, 1);
+  const std::string what = message_of([&] { c.put("mismatch", HostView{m.data(), dtypes::kInt32, {8, 8}, {1}}); });
+  CHECK(what.find("1 strides for 2 dimensions") != std::string::npos);
+  CHECK(error_of([&] { (void)c.stat("mismatch"); }) == Errc::not_found);
+}
+
 }  // namespace
 
 // ---- small puts in one round trip (PutBytes) ---------------------------------------
