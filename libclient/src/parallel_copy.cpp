@@ -60,6 +60,7 @@ class HelperPool {
     struct Owner {
       std::uint64_t forks;
       HelperPool* pool;
+      Owner* parents;  // the pools inherited over fork()s: kept reachable, never used
     };
     static std::atomic<Owner*> current{nullptr};
     std::call_once(g_atfork_once, [] {
@@ -70,7 +71,7 @@ class HelperPool {
     Owner* seen = current.load(std::memory_order_acquire);
     while (seen == nullptr || seen->forks != forks) {
       auto pool = std::make_unique<HelperPool>();
-      auto mine = std::make_unique<Owner>(Owner{forks, pool.get()});
+      auto mine = std::make_unique<Owner>(Owner{forks, pool.get(), seen});
       if (current.compare_exchange_weak(seen, mine.get(), std::memory_order_acq_rel)) {
         pool.release();  // the parent's pool (and Owner) are left behind in a child on purpose
         return *mine.release()->pool;
