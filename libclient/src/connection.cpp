@@ -271,7 +271,8 @@ void Connection::await_reply_locked(std::chrono::steady_clock::time_point expect
   // Sleep until a quarter of the wait (at most 2 ms) before the reply is
   // due, then poll. A thread asleep in recv when the reply lands pays the
   // core's wake-up from a deep idle state: measured on an H200 host as ~250 us
-  // per put from 64 MiB up (docs/gpu.md).
+  // per put from 64 MiB up (docs/gpu.md). Unless the last polls were crowded
+  // out by other work (PollBackoff): then it sleeps in recv.
   const auto now = steady_clock::now();
   const auto wait = duration_cast<microseconds>(expected - now);
   if (wait.count() <= 0) return;
@@ -283,11 +284,16 @@ void Connection::await_reply_locked(std::chrono::steady_clock::time_point expect
     const int r = ::ppoll(&p, 1, &ts, nullptr);
     if (r != 0) return;  // readable, hung up, or an error (EINTR included): recv takes it from here
   }
+  if (!backoff_.may_poll(steady_clock::now())) return;  // crowded host: recv sleeps (poll_backoff.hpp)
   const auto give_up = expected + std::max<microseconds>(300us, wait / 4);
+  const auto cpu0 = thread_cpu_time();
+  const auto t0 = steady_clock::now();
   while (steady_clock::now() < give_up) {
-    const int r = ::poll(&p, 1, 0);
-    if (r != 0) return;  // as above
+    if (::poll(&p, 1, 0) != 0) break;  // as above
   }
+  const auto t1 = steady_clock::now();
+  if (const auto cpu1 = thread_cpu_time(); cpu0 && cpu1)
+    backoff_.polled(duration_cast<microseconds>(t1 - t0), *cpu1 - *cpu0, t1);
 }
 
 Result<std::unique_ptr<protocol::Message>> Connection::call_locked(const wire::BodyUnion& body,

@@ -18,6 +18,7 @@
 #include <utility>
 
 #include "parallel_copy.hpp"
+#include "poll_backoff.hpp"
 #include "tensorshm/client.hpp"
 #include "tensorshm/protocol.hpp"
 
@@ -151,6 +152,7 @@ class Connection : public std::enable_shared_from_this<Connection> {
   std::uint32_t next_request_ = 1;
   std::chrono::microseconds reply_in_{0};  // expect_reply_in, for the next request only
   bool spin_wait_ = true;                  // Client::Options::spin_wait, resolved against the environment
+  PollBackoff backoff_;                    // stops spin_wait's polling while the host's CPUs are crowded
   unsigned copy_threads_ = 1;               // Client::Options::copy_threads, likewise
   DaemonInfo info_;
   std::vector<std::byte> rbuf_;

@@ -1,15 +1,20 @@
 // Unit tests of the client library's internals, with no daemon: the parallel
 // copies of a put (libclient/src/parallel_copy.hpp) against the plain ones,
 // for every split, layout and thread count, from several threads at once and
-// in a forked child; and how many threads it uses (cpu_budget.hpp), against
-// cgroup files written into a temporary folder.
+// in a forked child; how many threads it uses (cpu_budget.hpp), against
+// cgroup files written into a temporary folder; and when a GPU put stops
+// polling for its reply (poll_backoff.hpp), on a CPU shared with busy threads.
 #define DOCTEST_CONFIG_IMPLEMENT_WITH_MAIN
 #include <doctest/doctest.h>
 
+#include <poll.h>
+#include <sched.h>
 #include <signal.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include <atomic>
+#include <chrono>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
@@ -20,6 +25,7 @@
 
 #include "cpu_budget.hpp"
 #include "parallel_copy.hpp"
+#include "poll_backoff.hpp"
 #include "strided_copy.hpp"
 #include "test_data.hpp"
 
@@ -277,4 +283,70 @@ TEST_CASE("no_readable_cgroup_file_means_no_limit_and_the_process_may_use_at_lea
   CHECK(fs.limit("0::/x\n") == std::nullopt);
   CHECK(usable_cpus() >= 1);
   CHECK(usable_cpus() <= std::max(1u, std::thread::hardware_concurrency()));
+}
+
+// ---- polling for a GPU put's reply on a crowded host -------------------------------
+
+TEST_CASE("a_poll_that_got_less_than_three_quarters_of_its_cpu_backs_off_for_a_second") {
+  using namespace std::chrono_literals;
+  PollBackoff b;
+  const auto t = PollBackoff::Clock::now();
+  CHECK(b.may_poll(t));
+  CHECK_FALSE(b.polled(100us, 0us, t));     // too short to judge
+  CHECK_FALSE(b.polled(1000us, 900us, t));  // ran 90 % of the time
+  CHECK(b.may_poll(t));
+  CHECK(b.polled(1000us, 500us, t));        // ran half of it: crowded out
+  CHECK_FALSE(b.may_poll(t + 999ms));
+  CHECK(b.may_poll(t + 1000ms));
+  CHECK(b.back_offs() == 1);
+}
+
+TEST_CASE("a_thread_polling_on_a_cpu_shared_with_two_busy_threads_measures_that_it_was_crowded_out") {
+  cpu_set_t mine;
+  CPU_ZERO(&mine);
+  REQUIRE(::sched_getaffinity(0, sizeof mine, &mine) == 0);
+  int cpu = 0;
+  while (cpu < CPU_SETSIZE && !CPU_ISSET(cpu, &mine)) ++cpu;
+  REQUIRE(cpu < CPU_SETSIZE);
+  cpu_set_t one;
+  CPU_ZERO(&one);
+  CPU_SET(cpu, &one);
+  std::atomic<bool> stop{false};
+  std::atomic<int> pinned{0};
+  const auto hog = [&] {
+    pinned += ::sched_setaffinity(0, sizeof one, &one) == 0 ? 1 : 100;
+    while (!stop.load(std::memory_order_relaxed)) {
+    }
+  };
+  std::thread h1(hog), h2(hog);
+  std::chrono::microseconds wall{0}, cpu_time{0};
+  bool measured = false;
+  std::thread poller([&] {
+    if (::sched_setaffinity(0, sizeof one, &one) != 0) return;
+    int fds[2];
+    if (::pipe(fds) != 0) return;
+    pollfd p{fds[0], POLLIN, 0};
+    while (pinned.load() < 2) std::this_thread::yield();
+    const auto c0 = thread_cpu_time();
+    const auto t0 = std::chrono::steady_clock::now();
+    while (std::chrono::steady_clock::now() - t0 < std::chrono::milliseconds(60)) (void)::poll(&p, 1, 0);
+    const auto c1 = thread_cpu_time();
+    wall = std::chrono::duration_cast<std::chrono::microseconds>(std::chrono::steady_clock::now() - t0);
+    if (c0 && c1) {
+      cpu_time = *c1 - *c0;
+      measured = true;
+    }
+    ::close(fds[0]);
+    ::close(fds[1]);
+  });
+  poller.join();
+  stop = true;
+  h1.join();
+  h2.join();
+  REQUIRE(pinned.load() == 2);
+  REQUIRE(measured);
+  CAPTURE(wall.count());
+  CAPTURE(cpu_time.count());
+  PollBackoff b;
+  CHECK(b.polled(wall, cpu_time, PollBackoff::Clock::now()));  // about a third of the CPU
 }
