@@ -37,6 +37,11 @@ OUT=${OUT:-/tmp/tshm-gpu-out}
 # daemon and again with --cuda-io-spin false, --cuda-wake-ahead false and
 # --cuda-linger-us 20000 (about three minutes: give it timeout -k 5 240).
 ONLY=${TSHM_GPU_ONLY:-}
+# TSHM_GPU_CROWD=N with TSHM_GPU_ONLY=bench: N busy loops (N=$(nproc) takes
+# every core) run beside the C++ benchmarks, to see how the polling threads
+# fare on a host whose CPUs are all taken (docs/gpu.md, Open).
+CROWD=${TSHM_GPU_CROWD:-0}
+CROWD_PIDS=()
 DAEMON_LOG_LEVEL=info
 [[ $ONLY == bench ]] && DAEMON_LOG_LEVEL=debug
 mkdir -p "$OUT"
@@ -173,6 +178,14 @@ if [[ -n ${PIP_PID:-} ]]; then
   echo "pip rc $pip_rc, libtorch check build rc $torch_rc"
 fi
 
+if [[ $ONLY == bench ]] && ((CROWD > 0)); then
+  for ((i = 0; i < CROWD; i++)); do
+    timeout 900 sh -c 'while :; do :; done' &
+    CROWD_PIDS+=($!)
+  done
+  note "crowd" "$CROWD busy loops beside the C++ benchmarks ($(nproc) CPUs)"
+fi
+
 # ---- C++ benchmark ----------------------------------------------------------------------
 section "bench-cpp: tshm_gpu_bench (D2H into the pool vs raw cudaMemcpyAsync into cudaHostAlloc)"
 # The daemon's CPU time (utime + stime, in clock ticks) over the benchmark:
@@ -241,6 +254,7 @@ if [[ $ONLY == bench ]]; then
   bench_again nospin "D2H, io spin off" --cuda-io-spin false
   bench_again noahead "D2H, wake-ahead off" --cuda-wake-ahead false
   bench_again linger "D2H, linger 20 ms" --cuda-linger-us 20000
+  ((${#CROWD_PIDS[@]} > 0)) && kill "${CROWD_PIDS[@]}" 2>/dev/null
   section stop
   kill -TERM $DAEMON_PID; wait $DAEMON_PID
   note "daemon stop" "exit $?"
