@@ -7,34 +7,17 @@
 #include <sys/un.h>
 #include <unistd.h>
 
-#include <pthread.h>
-
-#include <atomic>
 #include <cerrno>
 #include <cstring>
-#include <mutex>
 #include <utility>
 
+#include "fork_generation.hpp"
 #include "tensorshm/io.hpp"
 #include "tensorshm/paths.hpp"
 #include "tensorshm/segment_layout.h"
 #include "tensorshm/sys_call.hpp"
 
 namespace tensorshm::detail {
-namespace {
-
-// glibc no longer caches getpid(), and the fork check runs on every call: a
-// counter that a pthread_atfork child handler bumps answers it without a
-// system call.
-std::atomic<std::uint64_t> g_forks{0};
-std::once_flag g_atfork_once;
-
-std::uint64_t fork_generation() noexcept {
-  std::call_once(g_atfork_once, [] { ::pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1); }); });
-  return g_forks.load(std::memory_order_relaxed);
-}
-
-}  // namespace
 
 Mapping::~Mapping() {
   if (addr != nullptr) ::munmap(addr, size);

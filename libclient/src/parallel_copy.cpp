@@ -18,6 +18,7 @@
 #include <thread>
 
 #include "cpu_budget.hpp"
+#include "fork_generation.hpp"
 #include "strided_copy.hpp"
 #include "tensorshm/protocol.hpp"
 
@@ -42,9 +43,6 @@ struct Job {
   }
 };
 
-std::atomic<std::uint64_t> g_forks{0};  // bumped in each child of fork()
-std::once_flag g_atfork_once;
-
 /// The helper threads of this process: started on demand, parked on a
 /// condition variable between copies, with every signal blocked (signals go
 /// to the application's threads) and the CPUs of the process (CpuMask: not
@@ -63,11 +61,7 @@ class HelperPool {
       Owner* parents;  // the pools inherited over fork()s: kept reachable, never used
     };
     static std::atomic<Owner*> current{nullptr};
-    std::call_once(g_atfork_once, [] {
-      if (::pthread_atfork(nullptr, nullptr, [] { g_forks.fetch_add(1, std::memory_order_relaxed); }) != 0)
-        throw std::bad_alloc();  // ENOMEM is its only error
-    });
-    const std::uint64_t forks = g_forks.load(std::memory_order_relaxed);
+    const std::uint64_t forks = fork_generation();
     Owner* seen = current.load(std::memory_order_acquire);
     while (seen == nullptr || seen->forks != forks) {
       auto pool = std::make_unique<HelperPool>();
