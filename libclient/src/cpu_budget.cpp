@@ -8,6 +8,7 @@
 #include <fstream>
 #include <sstream>
 #include <thread>
+#include <vector>
 
 namespace tensorshm::detail {
 namespace {
@@ -64,39 +65,53 @@ std::optional<unsigned> cpus_of_quota(long long quota, long long period) noexcep
   return static_cast<unsigned>(std::max(1LL, (quota + period - 1) / period));
 }
 
+namespace {
+
+/// The folder of a group, `top` + `path`, then each folder above it up to
+/// `top` (the mount, or a container's cgroup namespace root) itself.
+std::vector<std::string> group_and_ancestors(std::string top, std::string_view path) {
+  while (top.size() > 1 && top.back() == '/') top.pop_back();
+  std::vector<std::string> dirs;
+  std::string dir = top + std::string(path);
+  while (dir.size() > top.size() && dir.back() == '/') dir.pop_back();
+  for (;;) {
+    dirs.push_back(dir);
+    const auto slash = dir.rfind('/');
+    if (dir.size() <= top.size() || slash == std::string::npos || slash < top.size()) return dirs;
+    dir.resize(slash);
+  }
+}
+
+/// The smallest limit that `limit_in(dir)` reads in the group's folders;
+/// `readable` says whether any folder had the files at all.
+struct Smallest {
+  std::optional<unsigned> limit;
+  bool readable = false;
+  void add(bool found, std::optional<unsigned> here) {
+    readable = readable || found;
+    if (here) limit = limit ? std::min(*limit, *here) : *here;
+  }
+};
+
+}  // namespace
+
 std::optional<unsigned> cgroup_cpu_limit(std::string_view proc_self_cgroup, const std::string& root) {
-  // Reads `leaf` and each folder above it up to `top`; keeps the smallest limit.
-  const auto smallest = [](std::string top, const std::string& path, auto&& limit_in) {
-    while (top.size() > 1 && top.back() == '/') top.pop_back();
-    std::optional<unsigned> best;
-    bool any = false;
-    for (std::string dir = top + path;;) {
-      while (dir.size() > top.size() && dir.back() == '/') dir.pop_back();
-      if (const auto here = limit_in(dir, any)) best = best ? std::min(*best, *here) : *here;
-      if (dir.size() <= top.size()) break;
-      const auto slash = dir.rfind('/');
-      if (slash == std::string::npos || slash < top.size()) break;
-      dir.resize(std::max(slash, top.size()));
-    }
-    return std::pair{best, any};
-  };
   if (const auto v2 = group_path(proc_self_cgroup, "")) {
-    const auto [limit, any] = smallest(root, *v2, [](const std::string& dir, bool& any) -> std::optional<unsigned> {
+    Smallest s;
+    for (const auto& dir : group_and_ancestors(root, *v2)) {
       const std::string text = slurp(dir + "/cpu.max");
-      any = any || !text.empty();
-      return text.empty() ? std::nullopt : parse_cpu_max(text);
-    });
-    if (any) return limit;
+      s.add(!text.empty(), text.empty() ? std::nullopt : parse_cpu_max(text));
+    }
+    if (s.readable) return s.limit;
   }
   if (const auto v1 = group_path(proc_self_cgroup, "cpu")) {
-    const auto [limit, any] =
-        smallest(root + "/cpu", *v1, [](const std::string& dir, bool& any) -> std::optional<unsigned> {
-          const auto quota = to_number(slurp(dir + "/cpu.cfs_quota_us"));
-          const auto period = to_number(slurp(dir + "/cpu.cfs_period_us"));
-          any = any || (quota && period);
-          return quota && period ? cpus_of_quota(*quota, *period) : std::nullopt;
-        });
-    if (any) return limit;
+    Smallest s;
+    for (const auto& dir : group_and_ancestors(root + "/cpu", *v1)) {
+      const auto quota = to_number(slurp(dir + "/cpu.cfs_quota_us"));
+      const auto period = to_number(slurp(dir + "/cpu.cfs_period_us"));
+      s.add(quota && period, quota && period ? cpus_of_quota(*quota, *period) : std::nullopt);
+    }
+    if (s.readable) return s.limit;
   }
   return std::nullopt;
 }
@@ -119,10 +134,15 @@ unsigned CpuMask::count() const noexcept { return static_cast<unsigned>(CPU_COUN
 bool CpuMask::apply_to_this_thread() const noexcept { return ::sched_setaffinity(0, bytes_, set_.get()) == 0; }
 
 unsigned usable_cpus() {
-  const auto mask = CpuMask::of_process();
-  unsigned cpus = mask ? mask->count() : std::max(1u, std::thread::hardware_concurrency());
-  if (const auto quota = cgroup_cpu_limit(slurp("/proc/self/cgroup"), "/sys/fs/cgroup")) cpus = std::min(cpus, *quota);
-  return std::max(cpus, 1u);
+  // Read once per process, not at each connect: a process's affinity and
+  // quota are set when it starts (and a forked child inherits them).
+  static const unsigned cpus = [] {
+    const auto mask = CpuMask::of_process();
+    unsigned n = mask ? mask->count() : std::max(1u, std::thread::hardware_concurrency());
+    if (const auto quota = cgroup_cpu_limit(slurp("/proc/self/cgroup"), "/sys/fs/cgroup")) n = std::min(n, *quota);
+    return std::max(n, 1u);
+  }();
+  return cpus;
 }
 
 }  // namespace tensorshm::detail

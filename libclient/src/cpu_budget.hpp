@@ -50,6 +50,7 @@ std::optional<unsigned> cpus_of_quota(long long quota, long long period) noexcep
 std::optional<unsigned> cgroup_cpu_limit(std::string_view proc_self_cgroup, const std::string& root);
 
 /// min(CPUs of CpuMask::of_process(), the cgroup's quota); at least 1.
+/// Read on the first call; later calls return the same.
 unsigned usable_cpus();
 
 }  // namespace tensorshm::detail
