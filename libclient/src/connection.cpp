@@ -267,10 +267,10 @@ void Connection::await_reply_locked(std::chrono::steady_clock::time_point expect
     const int r = ::ppoll(&p, 1, &ts, nullptr);
     if (r != 0) return;  // readable, hung up, or an error (EINTR included): recv takes it from here
   }
-  if (!backoff_.may_poll(steady_clock::now())) return;  // crowded host: recv sleeps (poll_backoff.hpp)
+  const auto t0 = steady_clock::now();
+  if (!backoff_.may_poll(t0)) return;  // crowded host: recv sleeps (poll_backoff.hpp)
   const auto give_up = expected + std::max<microseconds>(300us, wait / 4);
   const auto cpu0 = thread_cpu_time();
-  const auto t0 = steady_clock::now();
   while (steady_clock::now() < give_up) {
     if (::poll(&p, 1, 0) != 0) break;  // as above
   }

@@ -7,6 +7,7 @@
 #include <array>
 #include <atomic>
 #include <charconv>
+#include <cstdlib>
 #include <condition_variable>
 #include <cstring>
 #include <deque>
@@ -169,12 +170,12 @@ unsigned threads_for(std::size_t bytes, unsigned threads) noexcept {
   return static_cast<unsigned>(std::min<std::size_t>(std::min(threads, kMaxCopyThreads), bytes / kParallelCopyGrain));
 }
 
-/// One chunk per thread: glibc's memcpy picks its method by size, and moves
-/// large copies with non-temporal stores, which write memory without reading
-/// it first (above 114 MiB on the development VM, 3/4 of a core's share of
-/// the last-level cache); smaller chunks would fall below that and run slower
-/// (2 threads on 256 MiB: 23 ms in 2 chunks, 27 ms in 4, 33 ms in 256 there).
-constexpr std::size_t kChunksPerThread = 1;
+// Copies are cut into one chunk per thread: glibc's memcpy picks its method
+// by size, and moves large copies with non-temporal stores, which write
+// memory without reading it first (above 114 MiB on the development VM, 3/4
+// of a core's share of the last-level cache); smaller chunks would fall below
+// that and run slower (2 threads on 256 MiB: 23 ms in 2 chunks, 27 ms in 4,
+// 33 ms in 256 there).
 
 }  // namespace
 
@@ -198,7 +199,7 @@ void copy_bytes(void* dst, const void* src, std::size_t n, unsigned threads) noe
   }
   constexpr std::size_t kPage = 4096;  // chunks of whole pages: at most the two lines at each seam are shared
   const std::size_t chunk =
-      std::max(kParallelCopyGrain, (n / (t * kChunksPerThread) + kPage - 1) / kPage * kPage);
+      std::max(kParallelCopyGrain, (n / t + kPage - 1) / kPage * kPage);
   auto* d = static_cast<std::byte*>(dst);
   const auto* s = static_cast<const std::byte*>(src);
   run_chunks((n + chunk - 1) / chunk, t, [&](std::size_t c) noexcept {
@@ -221,8 +222,8 @@ void strided_copy_parallel(void* dst, std::span<const std::int64_t> dst_strides,
   // below the next row's start, so that no two threads write the same bytes
   // (a Fortran-order destination would interleave them).
   std::int64_t row_span = 1;
-  for (std::size_t i = 1; i < dims.size(); ++i) row_span += (dims[i] - 1) * (ds[i] < 0 ? -ds[i] : ds[i]);
-  const bool rows_apart = !dims.empty() && (ds[0] < 0 ? -ds[0] : ds[0]) >= row_span;
+  for (std::size_t i = 1; i < dims.size(); ++i) row_span += (dims[i] - 1) * std::abs(ds[i]);
+  const bool rows_apart = !dims.empty() && std::abs(ds[0]) >= row_span;
   const unsigned t = dims.empty() || dims[0] < 2 || !rows_apart ? 1 : threads_for(bytes, threads);
   if (t <= 1) {
     strided_copy(dst, dst_strides, src, src_strides, shape, itemsize);
@@ -231,7 +232,7 @@ void strided_copy_parallel(void* dst, std::span<const std::int64_t> dst_strides,
   const auto rows = static_cast<std::size_t>(dims[0]);
   const std::size_t row_bytes = bytes / rows;
   const std::size_t min_rows = (kParallelCopyGrain + row_bytes - 1) / row_bytes;
-  const std::size_t per = std::max(min_rows, (rows + t * kChunksPerThread - 1) / (t * kChunksPerThread));
+  const std::size_t per = std::max(min_rows, (rows + t - 1) / t);
   auto* d = static_cast<std::byte*>(dst);
   const auto* s = static_cast<const std::byte*>(src);
   run_chunks((rows + per - 1) / per, t, [&](std::size_t c) noexcept {
