@@ -14,14 +14,12 @@
 #include <chrono>
 #include <cstdint>
 
+#include "steady_time.hpp"
+
 namespace tensorshm::daemon {
 
-class CopyClock {
+class CopyClock : public SteadyTime {
  public:
-  using Clock = std::chrono::steady_clock;
-  using TimePoint = Clock::time_point;
-  using Micros = std::chrono::microseconds;
-
   // Learned rates are kept within these, in bytes per microsecond (MB/s).
   static constexpr double kSlowest = 100;        // 100 MB/s
   static constexpr double kFastest = 1'000'000;  // 1 TB/s, beyond any link today

@@ -12,14 +12,12 @@
 #include <chrono>
 #include <optional>
 
+#include "steady_time.hpp"
+
 namespace tensorshm::daemon {
 
-class PutCadence {
+class PutCadence : public SteadyTime {
  public:
-  using Clock = std::chrono::steady_clock;
-  using TimePoint = Clock::time_point;
-  using Micros = std::chrono::microseconds;
-
   /// Intervals seen before any window is planned.
   static constexpr int kSettle = 4;
   /// Longer intervals get no window: a wake-up is then a small part of the
