@@ -915,6 +915,34 @@ TEST_CASE("large_puts_copied_by_several_threads_arrive_whole_dense_fortran_and_p
   CHECK(same);
 }
 
+TEST_CASE("large_puts_copied_by_several_threads_that_fail_lose_nothing_bad_name_bad_shape_full_pool") {
+  Daemon d;
+  Client::Options o{d.socket_path(), "copy-threads-failing"};
+  o.copy_threads = 4;
+  auto c = Client::connect(o);
+  std::vector<std::uint8_t> big(48 * kMiB, 7);
+  const HostView all{big.data(), dtypes::kUInt8, {static_cast<std::int64_t>(big.size())}, {}};
+  CHECK(error_of([&] { c.put("bad//name", all); }) == Errc::invalid_name);
+  CHECK(error_of([&] { c.put("negative", HostView{big.data(), dtypes::kUInt8, {-1, 1024}, {}}); }) ==
+        Errc::invalid_argument);
+  // 48 MiB fits the 64 MiB pool once; a second one while the first is held does not.
+  c.put("one", all);
+  Object held = c.get("one");
+  const std::string why = message_of([&] { c.put("two", all); });
+  CHECK(why.find("pool exhausted") != std::string::npos);
+  const auto s = c.stats();
+  CHECK(s.open_creates == 0);
+  CHECK(s.objects == 1);
+  CHECK(error_of([&] { (void)c.stat("two"); }) == Errc::not_found);
+  // Once the space is back, the same put goes through whole.
+  held.release();
+  c.remove("one");
+  big[big.size() - 1] = 9;
+  c.put("two", all);
+  auto two = c.get("two");
+  CHECK(std::memcmp(two.data(), big.data(), big.size()) == 0);
+}
+
 TEST_CASE("a_put_whose_strides_do_not_match_its_shape_fails_with_invalid_argument_and_leaves_nothing") {
   Daemon d;
   auto c = d.connect();
