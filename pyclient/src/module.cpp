@@ -21,6 +21,7 @@
 #include <nanobind/stl/unique_ptr.h>
 #include <nanobind/stl/vector.h>
 
+#include <algorithm>
 #include <array>
 #include <chrono>
 #include <cstdint>
@@ -263,16 +264,28 @@ struct PyBuffer {
 // pending signals (KeyboardInterrupt) between them.
 constexpr milliseconds kWaitSlice{200};
 
+// The point timeout_ms after start, or time_point::max() (never) when
+// timeout_ms < 0 or the sum would not fit in the clock's representation:
+// adding the milliseconds directly overflows its int64 nanoseconds
+// (undefined behaviour, in practice a deadline in the past).
+Clock::time_point deadline_after(Clock::time_point start, std::int64_t timeout_ms) {
+  if (timeout_ms < 0) return Clock::time_point::max();
+  // steady_clock counts from boot; max() with the epoch keeps the subtraction in range regardless.
+  const auto room = std::chrono::duration_cast<milliseconds>(Clock::time_point::max() -
+                                                             std::max(start, Clock::time_point{}));
+  if (timeout_ms >= room.count()) return Clock::time_point::max();
+  return start + milliseconds(timeout_ms);
+}
+
 // Calls f(timeout) with the GIL released, in slices when the wait is long.
-// timeout_ms < 0 waits forever.
+// timeout_ms < 0, or one too large for a steady_clock deadline, waits forever.
 template <class F>
 auto sliced_wait(std::int64_t timeout_ms, F&& f) {
   if (timeout_ms >= 0 && milliseconds(timeout_ms) <= kWaitSlice) {
     nb::gil_scoped_release nogil;
     return f(milliseconds(timeout_ms));
   }
-  const auto start = Clock::now();
-  const auto deadline = timeout_ms < 0 ? Clock::time_point::max() : start + milliseconds(timeout_ms);
+  const auto deadline = deadline_after(Clock::now(), timeout_ms);
   for (;;) {
     const auto left = std::chrono::duration_cast<milliseconds>(deadline - Clock::now());
     const auto slice = std::max(milliseconds(1), std::min(left, kWaitSlice));

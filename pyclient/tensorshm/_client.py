@@ -9,6 +9,7 @@ turn, and the lease goes back to the daemon when the last of them is collected.
 
 from __future__ import annotations
 
+import numbers
 import os
 import sys
 from types import TracebackType
@@ -25,6 +26,10 @@ if TYPE_CHECKING:  # pragma: no cover
 Share = Literal["owner", "group", "everyone"]
 _SHARES = {"owner": 0, "group": 1, "everyone": 2}
 _FOREVER = -1
+# Timeouts beyond this many years wait forever: 10 years is 3.2e11 ms, far
+# inside what a steady_clock deadline (int64 nanoseconds) can hold.
+_FOREVER_AFTER_YEARS = 10
+_FOREVER_AFTER_S = _FOREVER_AFTER_YEARS * 365 * 24 * 3600
 _DLPACK_CPU = 1
 
 
@@ -94,11 +99,19 @@ def _info(t: tuple) -> ObjectInfo:
 
 
 def _timeout_ms(timeout: float | None) -> int:
+    """A ``timeout=`` argument in milliseconds for the extension, -1 for "wait
+    forever" (None, +inf, and finite values beyond _FOREVER_AFTER_YEARS, which
+    would overflow the clock arithmetic of a deadline). Raises InvalidArgument
+    for NaN, negative values, bools and non-numbers before anything is sent."""
     if timeout is None:
         return _FOREVER
-    if timeout < 0:
-        raise InvalidArgument(f"timeout must be >= 0 seconds or None (wait forever), not {timeout!r}")
-    return int(round(timeout * 1000.0))
+    if (isinstance(timeout, bool) or not isinstance(timeout, numbers.Real)
+            or timeout != timeout or timeout < 0):  # NaN compares unequal to itself
+        raise InvalidArgument(f"timeout must be a number of seconds >= 0, or None or float('inf') to wait "
+                              f"forever; got {timeout!r} ({type(timeout).__name__})")
+    if timeout > _FOREVER_AFTER_S:
+        return _FOREVER
+    return int(round(float(timeout) * 1000.0))
 
 
 def _share(share: str) -> int:
@@ -389,9 +402,10 @@ class Client:
         order during the one copy.
 
         ``dtype``: store as this type (converted on the host, or on the GPU
-        for CUDA tensors). ``share``: who else may read it. ``timeout``: how
-        long to wait for pool space when the pool is full (0: fail at once
-        with PoolExhausted; None: wait forever). ``wait=False`` (GPU objects):
+        for CUDA tensors). ``share``: who else may read it. ``timeout``:
+        seconds to wait for pool space when the pool is full (0: fail at once
+        with PoolExhausted; None or ``float('inf')``: wait forever; values
+        beyond 10 years wait forever). ``wait=False`` (GPU objects):
         return a PutFuture at once; the source tensor is kept alive until the
         daemon has copied it.
         """
@@ -483,7 +497,9 @@ class Client:
         discarded when the block raises. ``order="F"`` or ``strides=``
         (elements) choose the layout. Keep no reference to the array after the
         block: it becomes read-only there, and views made inside it would write
-        into the now-immutable object.
+        into the now-immutable object. ``timeout``: seconds to wait for pool
+        space when the pool is full (0: fail at once with PoolExhausted; None
+        or ``float('inf')``: wait forever; values beyond 10 years wait forever).
         """
         if isinstance(shape, (int, np.integer)):
             shape = (int(shape),)
@@ -529,7 +545,10 @@ class Client:
         ``newer_than``: return a version newer than this one (e.g. the
         ``version`` of an ObjectInfo or ``tensorshm.info(arr)``).
         ``timeout``: seconds to wait for the name to appear or for a newer
-        version (0: answer at once, raising NotFound; None: wait forever).
+        version (0: answer at once, raising NotFound; None or
+        ``float('inf')``: wait forever; values beyond 10 years wait forever).
+        A wait that runs out raises Timeout. NaN, negative values, bools and
+        non-numbers raise InvalidArgument, as in put() and create().
         The array holds a lease that keeps this version alive (even after newer
         puts or a delete) until it and every view of it are collected.
         """
