@@ -1,6 +1,8 @@
 // The daemon's configuration: one struct holding every default, filled in
 // order from the embedded defaults, the config file (--config), the
 // environment (TENSORSHM_SOCKET) and the command-line flags; later sources win.
+// Each numeric key has a range (daemon/config.cpp, docs/configuration.md);
+// parse_config refuses a value outside it rather than wrapping or clamping it.
 #pragma once
 
 #include <cstdint>
@@ -28,6 +30,7 @@ struct Config {
   std::uint32_t max_objects_per_uid = 0;         // 0: no per-uid object limit
   std::uint32_t pretouch_threads = 0;            // 0: one per CPU
   std::uint32_t write_timeout_ms = 5000;         // drop a client that does not read its reply
+  std::uint32_t hello_timeout_ms = 10000;        // close a connection that has not completed Hello by then
   std::uint32_t housekeeping_ms = 1000;          // period of the housekeeping timer
   std::string cuda = "auto";                     // auto | off
   std::uint32_t cuda_handle_cache = 64;          // opened IPC handles kept per producer connection
@@ -37,7 +40,6 @@ struct Config {
   bool cuda_wake_ahead = true;                   // threads awake just before a steady producer's next GPU put
   std::string cuda_lost = "serve";               // after the GPU context is lost: serve (CPU only) | exit (status 3)
   LogLevel log_level = LogLevel::info;
-  std::string shm_dir = "/dev/shm";              // where shm_open puts segments (for sweeping and free-space checks)
   std::string config_file;                       // --config
 };
 

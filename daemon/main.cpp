@@ -1,8 +1,8 @@
-// tensorshmd: start-up and shutdown. Parses the configuration, takes the
-// instance lock, sweeps segments a crashed predecessor left, reserves the pool,
+// tensorshmd: start-up and shutdown. Parses the configuration, checks the
+// socket's directory and takes the lock beside the socket, reserves the pool,
 // starts the copy engine (when a GPU exists) and serves until SIGINT/SIGTERM
 // (or, with cuda-lost = exit, until the GPU context is lost: exit status 3);
-// on the way out every segment it made is unlinked.
+// on the way out its segments go with it (clients keep what they mapped).
 #include <sys/resource.h>
 #include <unistd.h>
 
@@ -18,7 +18,6 @@
 #include "log.hpp"
 #include "pool.hpp"
 #include "registry.hpp"
-#include "segment.hpp"
 #include "server.hpp"
 #include "service_manager.hpp"
 
@@ -48,10 +47,13 @@ int serve(const Config& config) {
     log::notice("received ", sig == SIGINT ? "SIGINT" : "SIGTERM", ", shutting down");
     if (running != nullptr) running->stop();
   });
-  auto lock = InstanceLock::acquire(config.shm_dir + "/" + segment_prefix(config) + "lock");
+  // The socket's directory is checked (or made) and the lock beside the
+  // socket taken before anything else: a second daemon for this socket stops
+  // here. Segments need no sweeping: they are memory files that vanish with
+  // the last process holding them.
+  if (auto s = prepare_socket_directory(config.socket_path, config.socket_mode); !s) return fail(s.error());
+  auto lock = InstanceLock::acquire(config.socket_path + ".lock");
   if (!lock) return fail(lock.error());
-  auto swept = sweep_stale_segments(config.shm_dir, segment_prefix(config), segment_prefix(config) + "lock");
-  if (!swept) return fail(swept.error());
 
   ServiceManager sm;
   sm.status("reserving " + std::to_string(config.pool_size) + " bytes of shared memory");
@@ -60,7 +62,7 @@ int serve(const Config& config) {
     return stop_signal != 0;
   });
   if (stop_signal != 0) {
-    log::notice("tensorshmd stopped during start-up; all segments removed");
+    log::notice("tensorshmd stopped during start-up");
     return 0;
   }
   if (!pool) return fail(pool.error());
@@ -87,7 +89,7 @@ int serve(const Config& config) {
   std::signal(SIGTERM, SIG_IGN);
   std::signal(SIGINT, SIG_IGN);
   engine.reset();
-  log::notice("tensorshmd stopped; all segments removed");
+  log::notice("tensorshmd stopped; its segments go when the last client lets go of them");
   // Stopped by itself (cuda-lost = exit): a failure, so that the service
   // manager restarts it (Restart=on-failure).
   return server.failure().empty() ? 0 : kExitGpuLost;

@@ -1,7 +1,6 @@
 // Pool segments and dedicated segments; extent allocation across them.
 #include "pool.hpp"
 
-#include <sys/statvfs.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -18,15 +17,11 @@ Result<std::unique_ptr<Pool>> Pool::create(const Config& config, const std::func
   std::unique_ptr<Pool> pool(new Pool(config));
   pool->page_ = static_cast<std::uint64_t>(::sysconf(_SC_PAGESIZE));
   const std::uint64_t total = (config.pool_size + pool->page_ - 1) / pool->page_ * pool->page_;
-  struct statvfs vfs{};
-  TSHM_TRY(posix_call("statvfs", config.shm_dir, [&] { return ::statvfs(config.shm_dir.c_str(), &vfs); }));
-  const std::uint64_t room = static_cast<std::uint64_t>(vfs.f_bavail) * vfs.f_frsize;
-  if (total > room)
+  if (const auto room = memory_available(); room && total > *room)
     return Error{Errc::pool_exhausted,
-                 "the pool needs " + std::to_string(total) + " bytes but " + config.shm_dir + " has only " +
-                     std::to_string(room) +
-                     " bytes free. Enlarge it (docker run --shm-size=..., or mount -o remount,size=... " +
-                     config.shm_dir + ") or start with a smaller --pool-size"};
+                 "the pool needs " + std::to_string(total) + " bytes of memory but only " + std::to_string(*room) +
+                     " bytes are available to tensorshmd (MemAvailable, and its memory cgroup's limit). Free "
+                     "memory, raise the service's memory limit (MemoryMax=), or start with a smaller --pool-size"};
   const auto t0 = std::chrono::steady_clock::now();
   for (std::uint64_t left = total; left > 0;) {
     if (interrupted && interrupted())  // the partial pool's destructor unlinks what was made
@@ -44,6 +39,8 @@ Result<std::unique_ptr<Pool>> Pool::create(const Config& config, const std::func
 }
 
 Pool::~Pool() {
+  // Not discarded: clients keep reading the objects they hold after the
+  // daemon is gone (their mappings keep the memory files alive).
   for (auto& [id, s] : segments_)
     if (on_segment_removed) on_segment_removed(*s);
 }
@@ -72,6 +69,38 @@ Result<Segment*> Pool::add_segment(std::uint64_t size, bool dedicated) {
   return raw;
 }
 
+Result<std::uint32_t> Pool::replace_segment(std::uint32_t id) {
+  auto old = segments_.find(id);
+  auto fresh = add_segment(old->second->size(), /*dedicated=*/false);
+  if (!fresh) {
+    Error e = std::move(fresh).error();
+    e.message = "a pool segment that served another owner or sharing mode needs a fresh memory file before it "
+                "serves this one: " + e.message;
+    return e;
+  }
+  const std::uint32_t new_id = (*fresh)->id();
+  // add_segment counted a new pool segment: the old one's capacity goes.
+  auto a = allocators_.find(id);
+  pool_bytes_ -= a->second.capacity();
+  allocators_.erase(a);
+  last_class_.erase(id);
+  classes_.erase(id);
+  std::unique_ptr<Segment> gone = std::move(old->second);
+  segments_.erase(old);
+  drop_segment(std::move(gone), /*discard=*/true);
+  ++replaced_;
+  return new_id;
+}
+
+void Pool::drop_segment(std::unique_ptr<Segment> seg, bool discard) {
+  const bool unmappable = !on_segment_removed || on_segment_removed(*seg);
+  if (!unmappable) {  // CUDA may still have it registered: unmapped with the pool
+    kept_mapped_.push_back(std::move(seg));
+    return;
+  }
+  if (discard) seg->discard();
+}
+
 Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
   bytes = (bytes + page_ - 1) / page_ * page_;
   if (bytes <= pool_extent_limit()) {
@@ -85,7 +114,6 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
       auto c = classes_.find(id);
       const bool owned = c != classes_.end();
       if (owned && !(c->second == cls)) continue;
-      if (!owned && !exposable(id, cls)) continue;
       const auto lf = a.largest_free();
       if (lf < bytes) continue;
       if (best == nullptr || (owned && !best_owned) ||
@@ -95,18 +123,21 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
         best_owned = owned;
       }
     }
+    if (best != nullptr && !best_owned) {
+      // An empty segment changes hands. Whoever was handed its memory file
+      // before may still map it, writable (its owner) or not (its readers):
+      // the new class gets a fresh file, so that none of them can read what
+      // the new class stores or write into it.
+      if (auto last = last_class_.find(best_id); last != last_class_.end() && !(last->second == cls)) {
+        auto fresh = replace_segment(best_id);
+        if (!fresh) return std::move(fresh).error();
+        best_id = *fresh;
+        best = &allocators_.at(best_id);
+      }
+      last_class_[best_id] = cls;
+    }
     if (best != nullptr)
       if (auto off = best->allocate(bytes)) {
-        if (!best_owned) {
-          // An empty segment changes hands: whatever the previous class left
-          // in it must not reach the new class's readers, who map all of it.
-          auto last = last_class_.find(best_id);
-          if (last != last_class_.end() && !(last->second == cls)) {
-            Segment* seg = segments_.at(best_id).get();
-            std::memset(seg->base() + TSHM_HEADER_BYTES, 0, seg->size() - TSHM_HEADER_BYTES);
-          }
-          last_class_[best_id] = cls;
-        }
         classes_[best_id] = cls;
         return Extent{best_id, *off, bytes};
       }
@@ -124,18 +155,6 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
   if (!seg) return std::move(seg).error();
   classes_[(*seg)->id()] = cls;
   return Extent{(*seg)->id(), TSHM_HEADER_BYTES, bytes};
-}
-
-void Pool::note_exposed(std::uint32_t id, std::uint32_t uid, std::uint32_t gid) {
-  if (uid != 0 && allocators_.count(id)) exposed_[id].emplace(uid, gid);
-}
-
-bool Pool::exposable(std::uint32_t id, const ReaderClass& cls) const {
-  auto it = exposed_.find(id);
-  if (it == exposed_.end()) return true;
-  for (const auto& [uid, gid] : it->second)
-    if (!cls.readable_by(uid, gid)) return false;
-  return true;
 }
 
 std::optional<ReaderClass> Pool::segment_class(std::uint32_t id) const {
@@ -172,10 +191,12 @@ void Pool::free(const Extent& e) {
   }
   classes_.erase(e.segment_id);
   if (auto s = segments_.find(e.segment_id); s != segments_.end()) {
-    const bool unmappable = !on_segment_removed || on_segment_removed(*s->second);
     dedicated_bytes_ -= s->second->size();
-    if (!unmappable) kept_mapped_.push_back(std::move(s->second));  // unmapped with the pool
-    segments_.erase(s);  // unmaps and unlinks
+    std::unique_ptr<Segment> gone = std::move(s->second);
+    segments_.erase(s);
+    // Its one object is gone and holds no lease: its memory goes now, even
+    // if its owner kept a descriptor.
+    drop_segment(std::move(gone), /*discard=*/true);
   }
 }
 

@@ -8,7 +8,6 @@
 #include <map>
 #include <memory>
 #include <optional>
-#include <set>
 #include <vector>
 
 #include "config.hpp"
@@ -21,7 +20,11 @@ namespace tensorshm::daemon {
 /// Who may map a segment. A pool segment holds only objects of one owner
 /// and one sharing mode at a time, so that handing a reader its descriptor
 /// never exposes an object the reader may not see, and only the owner ever
-/// gets a writable descriptor.
+/// gets a writable descriptor. A segment that empties and is then given to
+/// another class gets a fresh memory file first (Pool::allocate): every
+/// descriptor and mapping handed out before, readers' and writers', refers to
+/// the old file, which is emptied, so none of them reaches the new class's
+/// objects.
 struct ReaderClass {
   std::uint32_t owner_uid = 0;
   std::uint8_t share = 0;  // 0 owner only, 1 the group `gid`, 2 everyone
@@ -43,8 +46,8 @@ struct Extent {
 
 class Pool {
  public:
-  /// Checks that the shared-memory filesystem has room, then creates every
-  /// pool segment (reserved and pre-touched). Start-up errors name the sizes
+  /// Checks that the host has the memory, then creates every pool segment
+  /// (reserved and pre-touched). Start-up errors name the sizes
   /// and the fix. `interrupted` is asked between segments; when it says yes
   /// the segments made so far are removed and Errc::timeout comes back.
   static Result<std::unique_ptr<Pool>> create(const Config& config,
@@ -53,17 +56,16 @@ class Pool {
 
   /// An extent of at least `bytes`, from a pool segment when it fits one,
   /// else a new dedicated segment. pool_exhausted when no room (the caller
-  /// may free and retry).
+  /// may free and retry). An empty pool segment that last served another
+  /// class is replaced by a fresh one (a new id) before it serves this one.
   Result<Extent> allocate(std::uint64_t bytes, const ReaderClass& cls);
   void free(const Extent& e);
 
   Segment* segment(std::uint32_t id) const;
   /// The class of a segment's objects; empty for an unused pool segment.
   std::optional<ReaderClass> segment_class(std::uint32_t id) const;
-  /// Records that a peer received a descriptor of the segment. Its mapping
-  /// may outlive its connection, so an emptied pool segment is later given
-  /// only to a class that every such peer may read.
-  void note_exposed(std::uint32_t id, std::uint32_t uid, std::uint32_t gid);
+  /// How many pool segments were replaced by fresh ones for a new class.
+  std::uint64_t replaced_segments() const noexcept { return replaced_; }
   std::byte* address(const Extent& e) const;
   std::vector<const Segment*> pool_segments() const;
   std::uint64_t page_size() const noexcept { return page_; }
@@ -92,7 +94,11 @@ class Pool {
  private:
   explicit Pool(const Config& c) : config_(c) {}
   Result<Segment*> add_segment(std::uint64_t size, bool dedicated);
-  bool exposable(std::uint32_t id, const ReaderClass& cls) const;
+  /// Gives pool segment `id` (empty) a fresh memory file under a new id and
+  /// retires the old file (its pages freed). Returns the new id.
+  Result<std::uint32_t> replace_segment(std::uint32_t id);
+  /// Unpins (hook), then destroys or keeps mapped a segment leaving the pool.
+  void drop_segment(std::unique_ptr<Segment> seg, bool discard);
 
   Config config_;
   std::uint64_t page_ = 4096;
@@ -103,8 +109,8 @@ class Pool {
   std::map<std::uint32_t, std::unique_ptr<Segment>> segments_;
   std::map<std::uint32_t, ExtentAllocator> allocators_;  // pool segments only
   std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
-  std::map<std::uint32_t, ReaderClass> last_class_;      // pool segments: the class that last wrote them
-  std::map<std::uint32_t, std::set<std::pair<std::uint32_t, std::uint32_t>>> exposed_;  // (uid, gid) per segment
+  std::map<std::uint32_t, ReaderClass> last_class_;      // pool segments: the class their memory file served
+  std::uint64_t replaced_ = 0;
   std::vector<Extent> quarantined_;                        // ranges a DMA may still write: never freed
   std::vector<std::unique_ptr<Segment>> kept_mapped_;      // dedicated segments not safe to unmap
 };

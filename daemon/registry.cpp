@@ -1,6 +1,7 @@
 // Names, versions, leases and open creates. See registry.hpp for the rules.
 #include "registry.hpp"
 
+#include <algorithm>
 #include <chrono>
 #include <cstring>
 
@@ -32,6 +33,61 @@ bool Registry::may_read(const Caller& c, const Object& o) const {
   return ReaderClass{o.owner_uid, static_cast<std::uint8_t>(o.share), o.owner_gid}.readable_by(c.uid, c.gid);
 }
 
+bool Registry::counts_for(const Object& o, std::uint32_t uid) noexcept {
+  return (uid == o.owner_uid && (!o.sealed || o.latest)) || leases_of(o, uid) > 0;
+}
+
+std::uint32_t Registry::leases_of(const Object& o, std::uint32_t uid) noexcept {
+  for (const auto& [u, n] : o.leases_by)
+    if (u == uid) return n;
+  return 0;
+}
+
+void Registry::charge(std::uint32_t uid, const Object& o) {
+  Usage& u = usage_[uid];
+  u.bytes += o.extent.size;
+  ++u.objects;
+}
+
+void Registry::uncharge(std::uint32_t uid, const Object& o) {
+  auto it = usage_.find(uid);
+  if (it == usage_.end()) return;
+  it->second.bytes -= o.extent.size;
+  if (--it->second.objects == 0) usage_.erase(it);
+}
+
+Registry::Usage Registry::usage(std::uint32_t uid) const {
+  auto it = usage_.find(uid);
+  return it == usage_.end() ? Usage{} : it->second;
+}
+
+Status Registry::within_limits(std::uint32_t uid, std::uint64_t bytes, const std::string& what) const {
+  const Usage u = usage(uid);
+  if (config_.max_objects_per_uid != 0 && u.objects >= config_.max_objects_per_uid)
+    return Error{Errc::limit_exceeded, what + ": uid " + std::to_string(uid) + " holds " + std::to_string(u.objects) +
+                                           " objects (its own, and others' it holds leases on), its limit "
+                                           "(--max-objects-per-uid)"};
+  if (config_.max_bytes_per_uid != 0 && u.bytes + bytes > config_.max_bytes_per_uid)
+    return Error{Errc::limit_exceeded, what + ": uid " + std::to_string(uid) + " would hold " +
+                                           std::to_string(u.bytes + bytes) +
+                                           " bytes (its own objects, and others' it holds leases on), over its limit "
+                                           "(--max-bytes-per-uid)"};
+  return ok_status();
+}
+
+Status Registry::lease(const Caller& c, Object& o) {
+  const bool counted = counts_for(o, c.uid);
+  if (!counted)
+    TSHM_TRY(within_limits(c.uid, o.extent.size, "get '" + printable_name(o.name) + "'"));
+  auto it = std::find_if(o.leases_by.begin(), o.leases_by.end(), [&](const auto& e) { return e.first == c.uid; });
+  if (it == o.leases_by.end()) o.leases_by.emplace_back(c.uid, 1);
+  else ++it->second;
+  ++o.leases;
+  ++total_leases_;
+  if (!counted) charge(c.uid, o);
+  return ok_status();
+}
+
 Result<Object*> Registry::create(const Caller& c, CreateParams p) {
   TSHM_TRY(validate_name(p.name));
   if (static_cast<std::uint8_t>(p.share) > static_cast<std::uint8_t>(Share::everyone))
@@ -53,17 +109,9 @@ Result<Object*> Registry::create(const Caller& c, CreateParams p) {
   if (objects_.size() >= config_.max_objects)
     return Error{Errc::limit_exceeded, "create '" + printable_name(p.name) + "': the daemon holds " +
                                            std::to_string(objects_.size()) + " objects, its limit (--max-objects)"};
-  Usage& u = usage_[c.uid];
-  if (config_.max_objects_per_uid != 0 && u.objects >= config_.max_objects_per_uid)
-    return Error{Errc::limit_exceeded, "create '" + printable_name(p.name) + "': uid " + std::to_string(c.uid) +
-                                           " holds " + std::to_string(u.objects) +
-                                           " objects, its limit (--max-objects-per-uid)"};
   const std::uint64_t page = pool_.page_size();
   const std::uint64_t extent_bytes = TSHM_HEADER_BYTES + (*nbytes + page - 1) / page * page;
-  if (config_.max_bytes_per_uid != 0 && u.bytes + extent_bytes > config_.max_bytes_per_uid)
-    return Error{Errc::limit_exceeded, "create '" + printable_name(p.name) + "': uid " + std::to_string(c.uid) +
-                                           " would hold " + std::to_string(u.bytes + extent_bytes) +
-                                           " bytes, over its limit (--max-bytes-per-uid)"};
+  TSHM_TRY(within_limits(c.uid, extent_bytes, "create '" + printable_name(p.name) + "'"));
   ReaderClass cls{c.uid, static_cast<std::uint8_t>(p.share), p.share == Share::group ? c.gid : 0u};
   auto extent = pool_.allocate(extent_bytes, cls);
   if (!extent) {
@@ -86,8 +134,7 @@ Result<Object*> Registry::create(const Caller& c, CreateParams p) {
   o->share = p.share;
   o->creator_session = c.session;
   o->created_unix_ns = now_ns();
-  u.bytes += extent_bytes;
-  ++u.objects;
+  charge(c.uid, *o);
   write_header(*o);
   ++open_;
   Object* raw = o.get();
@@ -139,6 +186,7 @@ Result<Object*> Registry::seal(const Caller& c, std::uint64_t id) {
     }
     old.latest = false;
     latest_.erase(it);
+    if (!counts_for(old, old.owner_uid)) uncharge(old.owner_uid, old);
     maybe_free(old);
   }
   o->sealed = true;
@@ -177,12 +225,20 @@ Result<Object*> Registry::find(const Caller& c, const std::string& name, std::ui
   return o;
 }
 
-Status Registry::unlease(std::uint64_t id) {
+Status Registry::unlease(const Caller& c, std::uint64_t id) {
   Object* o = get(id);
-  if (o == nullptr || o->leases == 0)
-    return Error{Errc::not_open, "release: object " + std::to_string(id) + " is not leased"};
+  auto it = o == nullptr ? std::vector<std::pair<std::uint32_t, std::uint32_t>>::iterator{}
+                         : std::find_if(o->leases_by.begin(), o->leases_by.end(),
+                                        [&](const auto& e) { return e.first == c.uid; });
+  if (o == nullptr || it == o->leases_by.end())
+    return Error{Errc::not_open, "release: object " + std::to_string(id) + " is not leased by uid " +
+                                     std::to_string(c.uid)};
   --o->leases;
   --total_leases_;
+  if (--it->second == 0) {
+    o->leases_by.erase(it);
+    if (!counts_for(*o, c.uid)) uncharge(c.uid, *o);
+  }
   maybe_free(*o);
   return ok_status();
 }
@@ -197,15 +253,17 @@ Status Registry::remove(const Caller& c, const std::string& name) {
                                               std::to_string(o.owner_uid) + "; only its owner may delete it"};
   o.latest = false;
   latest_.erase(it);
+  if (!counts_for(o, o.owner_uid)) uncharge(o.owner_uid, o);
   maybe_free(o);
   return ok_status();
 }
 
-std::vector<const Object*> Registry::list(const Caller& c, const std::string& prefix, std::uint32_t limit,
-                                          bool* truncated) const {
+std::vector<const Object*> Registry::list(const Caller& c, const std::string& prefix, const std::string& start_after,
+                                          std::uint32_t limit, bool* truncated) const {
   std::vector<const Object*> out;
   if (truncated) *truncated = false;
-  for (auto it = latest_.lower_bound(prefix); it != latest_.end() && it->first.starts_with(prefix); ++it) {
+  auto it = start_after.empty() || start_after < prefix ? latest_.lower_bound(prefix) : latest_.upper_bound(start_after);
+  for (; it != latest_.end() && it->first.starts_with(prefix); ++it) {
     const Object& o = *objects_.at(it->second);
     if (!may_read(c, o)) continue;
     if (limit != 0 && out.size() >= limit) {
@@ -229,10 +287,9 @@ void Registry::maybe_free(Object& o) {
 void Registry::destroy(Object& o) {
   auto* h = reinterpret_cast<TshmExtentHeader*>(pool_.address(o.extent));
   h->state = kTshmExtentFree;
-  Usage& u = usage_[o.owner_uid];
-  u.bytes -= o.extent.size;
-  --u.objects;
-  if (u.objects == 0) usage_.erase(o.owner_uid);
+  // A sealed version goes only once nothing counts it; an open one (aborted,
+  // or discarded by a failed seal) still counts for its owner.
+  if (!o.sealed) uncharge(o.owner_uid, o);
   pool_.free(o.extent);
   objects_.erase(o.id);  // o is gone from here on
   if (on_space_freed) on_space_freed();

@@ -1,15 +1,14 @@
-// Creating, reserving, pre-touching and removing shared-memory segments.
+// Creating, sealing, reserving, pre-touching and retiring shared-memory segments.
 #include "segment.hpp"
 
-#include <dirent.h>
 #include <fcntl.h>
 #include <sys/mman.h>
-#include <sys/statvfs.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
-#include <utility>
-#include <boost/interprocess/shared_memory_object.hpp>
 #include <cstring>
+#include <fstream>
+#include <string>
 #include <thread>
 #include <vector>
 
@@ -17,8 +16,6 @@
 #include "tensorshm/io.hpp"
 #include "tensorshm/segment_layout.h"
 #include "tensorshm/sys_call.hpp"
-
-namespace bip = boost::interprocess;
 
 namespace tensorshm::daemon {
 
@@ -43,45 +40,125 @@ void pretouch(std::byte* p, std::size_t n, unsigned threads) {
   for (auto& t : pool) t.join();
 }
 
-Result<std::unique_ptr<Segment>> Segment::create(const Params& p) {
-  std::unique_ptr<Segment> s(new Segment(p));
-  try {
-    bip::permissions perm;
-    perm.set_permissions(0600);
-    bip::shared_memory_object shm(bip::create_only, p.name.c_str(), bip::read_write, perm);
-    // Our own descriptors outlive the Boost object: dup them.
-    auto rw = posix_call("fcntl(F_DUPFD_CLOEXEC)", p.name,
-                         [&] { return ::fcntl(shm.get_mapping_handle().handle, F_DUPFD_CLOEXEC, 3); });
-    if (!rw) {
-      bip::shared_memory_object::remove(p.name.c_str());
-      return std::move(rw).error();
+namespace {
+
+// "MemAvailable: 123 kB" -> bytes.
+std::optional<std::uint64_t> meminfo_available() {
+  std::ifstream in("/proc/meminfo");
+  for (std::string line; std::getline(in, line);)
+    if (line.starts_with("MemAvailable:")) {
+      try {
+        return static_cast<std::uint64_t>(std::stoull(line.substr(13))) * 1024;
+      } catch (...) {
+        return std::nullopt;
+      }
     }
-    s->rw_fd_ = *rw;
-  } catch (const bip::interprocess_exception& e) {
-    return Error{Errc::system_error, "shm_open('" + p.name + "', O_CREAT|O_EXCL): " + e.what() +
-                                         " (native error " + std::to_string(e.get_native_error()) + ")"};
+  return std::nullopt;
+}
+
+// A cgroup file holding one number ("max" or a value past 2^62: none).
+std::optional<std::uint64_t> read_number(const std::string& path) {
+  std::ifstream in(path);
+  std::string word;
+  if (!(in >> word) || word == "max") return std::nullopt;
+  try {
+    const auto v = static_cast<std::uint64_t>(std::stoull(word));
+    if (v >= (std::uint64_t{1} << 62)) return std::nullopt;  // v1's "no limit"
+    return v;
+  } catch (...) {
+    return std::nullopt;
   }
-  // From here on the destructor unlinks the segment on any failure.
-  auto ro = posix_call("open(O_RDONLY)", p.name, [&] {
+}
+
+// Room under this process's memory cgroup: its own folder when the cgroup
+// filesystem shows it, else the namespace's root (a container's own group).
+std::optional<std::uint64_t> cgroup_room() {
+  std::ifstream in("/proc/self/cgroup");
+  for (std::string line; std::getline(in, line);) {
+    // "0::/path" (v2) or "4:memory:/path" (v1).
+    const auto a = line.find(':'), b = line.find(':', a + 1);
+    if (a == std::string::npos || b == std::string::npos) continue;
+    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
+    std::string dir, limit_file, usage_file;
+    if (controllers.empty()) {
+      dir = "/sys/fs/cgroup";
+      limit_file = "memory.max";
+      usage_file = "memory.current";
+    } else if (controllers == "memory" || controllers.find("memory,") != std::string::npos ||
+               controllers.ends_with(",memory")) {
+      dir = "/sys/fs/cgroup/memory";
+      limit_file = "memory.limit_in_bytes";
+      usage_file = "memory.usage_in_bytes";
+    } else {
+      continue;
+    }
+    for (const std::string& d : {dir + path, dir}) {
+      auto limit = read_number(d + "/" + limit_file);
+      auto usage = read_number(d + "/" + usage_file);
+      if (limit && usage) return *limit > *usage ? *limit - *usage : 0;
+      if (std::ifstream(d + "/" + limit_file)) break;  // readable, no limit: do not look further up
+    }
+  }
+  return std::nullopt;
+}
+
+}  // namespace
+
+std::optional<std::uint64_t> memory_available() {
+  auto a = meminfo_available();
+  auto b = cgroup_room();
+  if (a && b) return std::min(*a, *b);
+  return a ? a : b;
+}
+
+namespace {
+
+Error no_room(const Segment::Params& p, const std::string& why, std::optional<std::uint64_t> room, int err = 0) {
+  return Error{Errc::pool_exhausted,
+               "cannot reserve " + std::to_string(p.size) + " bytes of memory for segment '" + p.name + "' (" + why +
+                   "); only " + (room ? std::to_string(*room) + " bytes" : std::string("an unknown amount")) +
+                   " of memory are available to tensorshmd (MemAvailable, and its memory cgroup's limit). Free "
+                   "memory, raise the service's memory limit (MemoryMax=), or lower --pool-size / --segment-size / "
+                   "--max-object-size",
+               err};
+}
+
+}  // namespace
+
+Result<std::unique_ptr<Segment>> Segment::create(const Params& p) {
+  // Memory files are limited only by memory: asking for more than there is
+  // would push the host into swap or the OOM killer instead of failing.
+  if (const auto room = memory_available(); room && p.size > *room) return no_room(p, "not enough memory", room);
+  std::unique_ptr<Segment> s(new Segment(p));
+  // From here on the destructor closes whatever was made on any failure.
+  auto rw = posix_call("memfd_create", p.name,
+                       [&] { return ::memfd_create(p.name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING); });
+  if (!rw) return std::move(rw).error();
+  s->rw_fd_ = *rw;
+  // A memory file is made with mode 0777: anyone holding a descriptor could
+  // reopen it writable through /proc/<pid>/fd. 0600 leaves that to the
+  // daemon's own uid.
+  TSHM_TRY(posix_call("fchmod(0600)", p.name, [&] { return ::fchmod(s->rw_fd_, 0600); }));
+  TSHM_TRY(posix_call("ftruncate", p.name, [&] { return ::ftruncate(s->rw_fd_, static_cast<off_t>(p.size)); }));
+  // Nobody, writers included, may change its size from now on: a shrink
+  // would turn the daemon's next write into a SIGBUS.
+  TSHM_TRY(posix_call("fcntl(F_ADD_SEALS)", p.name, [&] {
+    return ::fcntl(s->rw_fd_, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL);
+  }));
+  auto ro = posix_call("open(/proc/self/fd, O_RDONLY)", p.name, [&] {
     return ::open(("/proc/self/fd/" + std::to_string(s->rw_fd_)).c_str(), O_RDONLY | O_CLOEXEC);
   });
-  if (!ro) return std::move(ro).error();
+  if (!ro) {
+    Error e = std::move(ro).error();
+    e.message += "; tensorshmd needs /proc mounted to hand readers read-only descriptors";
+    return e;
+  }
   s->ro_fd_ = *ro;
-  TSHM_TRY(posix_call("ftruncate", p.name, [&] { return ::ftruncate(s->rw_fd_, static_cast<off_t>(p.size)); }));
-  if (auto st = posix_call_rc("posix_fallocate", p.name,
-                              [&] { return ::posix_fallocate(s->rw_fd_, 0, static_cast<off_t>(p.size)); });
+  if (auto st = posix_call_rc("fallocate", p.name,
+                              [&] { return ::fallocate(s->rw_fd_, 0, 0, static_cast<off_t>(p.size)) == 0 ? 0 : errno; });
       !st) {
-    if (st.error().message.find("errno 28") != std::string::npos) {  // ENOSPC
-      struct statvfs vfs{};
-      std::string room = "unknown";
-      if (::fstatvfs(s->rw_fd_, &vfs) == 0)
-        room = std::to_string(static_cast<unsigned long long>(vfs.f_bavail) * vfs.f_frsize);
-      return Error{Errc::pool_exhausted,
-                   "cannot reserve " + std::to_string(p.size) + " bytes for segment '" + p.name +
-                       "': the shared-memory filesystem has only " + room +
-                       " bytes free. Enlarge it (docker run --shm-size=..., or mount -o remount,size=... /dev/shm) "
-                       "or lower --pool-size / --segment-size"};
-    }
+    if (st.error().sys_errno == ENOSPC || st.error().sys_errno == ENOMEM)
+      return no_room(p, st.error().message, memory_available(), st.error().sys_errno);
     return st.error();
   }
   void* base = ::mmap(nullptr, p.size, PROT_READ | PROT_WRITE, MAP_SHARED, s->rw_fd_, 0);
@@ -105,30 +182,13 @@ Segment::~Segment() {
   if (base_ != nullptr) ::munmap(base_, p_.size);
   io::close_fd(rw_fd_);
   io::close_fd(ro_fd_);
-  if (rw_fd_ >= 0 && !bip::shared_memory_object::remove(p_.name.c_str()))
-    log::warning("shm_unlink('", p_.name, "') failed: ", std::strerror(errno));
 }
 
-Result<unsigned> sweep_stale_segments(const std::string& shm_dir, const std::string& prefix,
-                                      const std::string& keep) {
-  DIR* dir = ::opendir(shm_dir.c_str());
-  if (dir == nullptr) return posix_error("opendir", shm_dir, errno);
-  unsigned removed = 0;
-  std::vector<std::string> names;
-  while (dirent* e = ::readdir(dir)) {
-    std::string_view n(e->d_name);
-    if (n.starts_with(prefix) && n != keep) names.emplace_back(n);
-  }
-  ::closedir(dir);
-  for (const auto& n : names) {
-    if (bip::shared_memory_object::remove(n.c_str())) {
-      ++removed;
-      log::notice("removed stale segment ", shm_dir, "/", n, " left by an earlier run");
-    } else {
-      log::warning("cannot remove stale segment ", shm_dir, "/", n, ": ", std::strerror(errno));
-    }
-  }
-  return removed;
+void Segment::discard() noexcept {
+  if (rw_fd_ < 0) return;
+  if (::fallocate(rw_fd_, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, static_cast<off_t>(p_.size)) != 0)
+    log::warning("fallocate(PUNCH_HOLE) of retired segment '", p_.name, "' failed: ", std::strerror(errno),
+                 " (errno ", errno, "); its memory is freed only when every client that mapped it lets go");
 }
 
 }  // namespace tensorshm::daemon

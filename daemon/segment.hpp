@@ -1,14 +1,18 @@
-// One named shared-memory segment (Boost.Interprocess shared_memory_object):
-// created exclusively with mode 0600, reserved with posix_fallocate so that a
-// full /dev/shm is an error now and never a SIGBUS later, mapped and
-// pre-touched by the daemon, and unlinked when destroyed. Clients never open
-// it by name: they receive a read-only or read-write descriptor over the
-// control socket.
+// One shared-memory segment: an anonymous memory file (memfd) that no other
+// process can name, open, replace or delete. It is sealed against resizing
+// (F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL), so that no holder of a writable
+// descriptor can truncate it under the daemon's feet (a SIGBUS on the
+// daemon's next write), and its mode is 0600, so that a reader of another uid
+// cannot reopen its read-only descriptor writable through /proc/self/fd. The
+// memory is reserved with fallocate (a host out of memory is an error now,
+// never a fault later), mapped and pre-touched by the daemon. Clients receive
+// a read-only or read-write descriptor over the control socket.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <optional>
 #include <string>
 
 #include "tensorshm/error.hpp"
@@ -18,20 +22,27 @@ namespace tensorshm::daemon {
 class Segment {
  public:
   struct Params {
-    std::string name;         // shm name without the leading '/'
+    std::string name;         // label of the memory file (memfd name), for /proc and logs only
     std::uint32_t id = 0;
     std::uint64_t size = 0;   // bytes, multiple of the page size
     bool dedicated = false;
     std::string instance;
     unsigned pretouch_threads = 1;
   };
-  /// Creates, reserves, maps and pre-touches the segment and writes its
-  /// header. ENOSPC from posix_fallocate becomes Errc::pool_exhausted naming
-  /// the sizes and the fix.
+  /// Creates, seals, reserves, maps and pre-touches the segment and writes
+  /// its header. Not enough memory becomes Errc::pool_exhausted naming the
+  /// sizes and the fix.
   static Result<std::unique_ptr<Segment>> create(const Params& p);
+  /// Unmaps and closes. Whoever else holds the file keeps its memory alive.
   ~Segment();
   Segment(const Segment&) = delete;
   Segment& operator=(const Segment&) = delete;
+
+  /// Frees every page of the file now, whoever still maps it: their mappings
+  /// then read zeros, and what they write lands in pages of their own that
+  /// no one else can reach through this file any more, since the daemon
+  /// stops using it. Called on a segment the daemon retires.
+  void discard() noexcept;
 
   std::uint32_t id() const noexcept { return p_.id; }
   const std::string& name() const noexcept { return p_.name; }
@@ -49,10 +60,10 @@ class Segment {
   int ro_fd_ = -1;
 };
 
-/// Unlinks every shared-memory object in `shm_dir` whose name starts with
-/// `prefix` (left by a crashed daemon of this instance). Returns how many.
-Result<unsigned> sweep_stale_segments(const std::string& shm_dir, const std::string& prefix,
-                                      const std::string& keep);
+/// Bytes of memory the daemon may still fill: MemAvailable, and the room left
+/// under its memory cgroup's limit (v2 memory.max, v1 memory.limit_in_bytes)
+/// when it has one. Empty when neither can be read.
+std::optional<std::uint64_t> memory_available();
 
 /// Writes to every page of [p, p+n) from `threads` threads so that all pages
 /// exist and are mapped before the first client needs them.

@@ -10,7 +10,6 @@
 
 #include <cerrno>
 #include <cstring>
-#include <filesystem>
 
 #include "copy_engine.hpp"
 #include "log.hpp"
@@ -20,7 +19,8 @@
 namespace tensorshm::daemon {
 
 Server::Server(asio::io_context& io, const Config& config, Pool& pool, Registry& registry, CopyEngine* engine)
-    : io_(io),
+    : closer_(),
+      io_(io),
       config_(config),
       pool_(pool),
       registry_(registry),
@@ -75,15 +75,7 @@ Status Server::listen(int inherited_fd) {
   const std::string& path = config_.socket_path;
   if (path.size() >= sizeof(sockaddr_un{}.sun_path))
     return Error{Errc::invalid_argument, "socket path '" + path + "' is too long"};
-  std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (!dir.empty()) {
-    std::error_code fec;
-    if (std::filesystem::create_directories(dir, fec)) {
-      // A directory we made for our socket: private unless the socket is shared.
-      ::chmod(dir.c_str(), (config_.socket_mode & 0070) ? 0755 : 0700);
-    }
-    if (fec) return Error{Errc::system_error, "mkdir('" + dir.string() + "'): " + fec.message()};
-  }
+  // The directory exists and is checked: prepare_socket_directory (main).
   struct stat st{};
   if (::lstat(path.c_str(), &st) == 0) {
     if (!S_ISSOCK(st.st_mode))
@@ -173,25 +165,45 @@ awaitable<void> Server::accept_loop() {
       continue;
     }
     ++counters_.connections_total;
-    bool refuse = false;
-    Error why;
     if (sessions_.size() >= config_.max_connections) {
-      refuse = true;
-      why = Error{Errc::limit_exceeded, "tensorshmd serves " + std::to_string(sessions_.size()) +
-                                            " connections, its limit (--max-connections); try again later"};
-    } else if (per_uid_[cred->uid] >= config_.max_connections_per_uid) {
-      refuse = true;
-      why = Error{Errc::limit_exceeded, "uid " + std::to_string(cred->uid) + " has " +
-                                            std::to_string(per_uid_[cred->uid]) +
-                                            " connections, its limit (--max-connections-per-uid)"};
+      refuse(std::move(sock), *cred,
+             Error{Errc::limit_exceeded, "tensorshmd serves " + std::to_string(sessions_.size()) +
+                                             " connections, its limit (--max-connections); try again later"});
+      continue;
     }
-    if (refuse) log::warning("refusing pid ", cred->pid, " uid ", cred->uid, ": ", why.message);
+    if (auto it = per_uid_.find(cred->uid); it != per_uid_.end() && it->second >= config_.max_connections_per_uid) {
+      refuse(std::move(sock), *cred,
+             Error{Errc::limit_exceeded, "uid " + std::to_string(cred->uid) + " has " + std::to_string(it->second) +
+                                             " connections, its limit (--max-connections-per-uid)"});
+      continue;
+    }
     const std::uint64_t id = next_session_++;
     ++per_uid_[cred->uid];
-    auto session = std::make_shared<Session>(*this, std::move(sock), id, *cred, refuse, why);
+    auto session = std::make_shared<Session>(*this, std::move(sock), id, *cred);
     sessions_.emplace(id, session);
     asio::co_spawn(io_, run_session(std::move(session)), asio::detached);
   }
+}
+
+void Server::refuse(unix_socket sock, const io::PeerCred& cred, const Error& why) {
+  ++counters_.refused;
+  // Logged at most once per second with a count: a flood of refused
+  // connections must not flood the log as well.
+  const auto now = std::chrono::steady_clock::now();
+  ++refused_unlogged_;
+  if (now - refused_logged_at_ >= std::chrono::seconds(1)) {
+    log::warning("refusing pid ", cred.pid, " uid ", cred.uid, ": ", why.message,
+                 refused_unlogged_ > 1 ? " (" + std::to_string(refused_unlogged_ - 1) + " more refused since the last such line)" : "");
+    refused_logged_at_ = now;
+    refused_unlogged_ = 0;
+  }
+  // A fresh socket's send buffer takes the few hundred bytes of the answer;
+  // if it does not, the peer learns of the refusal from the closed socket.
+  const auto frame = protocol::encode(protocol::make_error(why), /*request_id=*/0);
+  (void)io::send_with_fds(sock.native_handle(), frame, {}, /*dont_wait=*/true);
+  error_code ec;
+  const int fd = sock.release(ec);
+  if (!ec) closer_.close(fd);
 }
 
 }  // namespace tensorshm::daemon

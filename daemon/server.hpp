@@ -15,8 +15,10 @@
 
 #include "asio.hpp"
 #include "config.hpp"
+#include "fd_closer.hpp"
 #include "pool.hpp"
 #include "registry.hpp"
+#include "tensorshm/io.hpp"
 #include "waiters.hpp"
 
 namespace tensorshm::daemon {
@@ -31,6 +33,7 @@ struct Counters {
   std::uint64_t bytes_copied = 0;
   std::uint64_t connections_total = 0;
   std::uint64_t protocol_errors = 0;
+  std::uint64_t refused = 0;  // connections answered with limit_exceeded and closed at once
 };
 
 class Server {
@@ -62,6 +65,8 @@ class Server {
   Waiters& waiters() noexcept { return waiters_; }
   CopyEngine* engine() noexcept { return engine_; }
   Counters& counters() noexcept { return counters_; }
+  /// Where client sockets and descriptors clients sent are closed.
+  FdCloser& closer() noexcept { return closer_; }
   std::size_t clients() const noexcept { return sessions_.size(); }
   double uptime_s() const;
   /// True once stop() began.
@@ -76,7 +81,11 @@ class Server {
  private:
   awaitable<void> accept_loop();
   void arm_housekeeping();
+  /// Answers a connection over a limit with one error frame (request id 0,
+  /// sent without waiting) and closes it: it holds no session and no slot.
+  void refuse(unix_socket sock, const io::PeerCred& cred, const Error& why);
 
+  FdCloser closer_;  // first: destroyed after every session that hands it sockets
   asio::io_context& io_;
   const Config& config_;
   Pool& pool_;
@@ -91,6 +100,8 @@ class Server {
   std::map<std::uint64_t, std::weak_ptr<Session>> sessions_;
   std::map<std::uint32_t, std::uint32_t> per_uid_;
   std::uint64_t next_session_ = 1;
+  std::chrono::steady_clock::time_point refused_logged_at_{};
+  std::uint64_t refused_unlogged_ = 0;
   bool stopping_ = false;
   std::string failure_;
   bool bound_here_ = false;

@@ -33,6 +33,17 @@ Reply reply(T&& body) {
 
 std::string version_string() { return TENSORSHM_VERSION; }
 
+/// Waits longer than this (about 31 years) wait as long as this: every
+/// deadline stays representable.
+constexpr std::int64_t kLongestWaitMs = std::int64_t{1} << 40;
+
+/// The moment a wait of timeout_ms that starts now ends (a negative timeout
+/// is no wait; any timeout, however large, gives a representable time).
+std::chrono::steady_clock::time_point deadline_after(std::int64_t timeout_ms) {
+  return std::chrono::steady_clock::now() +
+         std::chrono::milliseconds(std::clamp<std::int64_t>(timeout_ms, 0, kLongestWaitMs));
+}
+
 }  // namespace
 
 std::unique_ptr<wire::ObjectDescT> describe(const Object& o) {
@@ -56,44 +67,94 @@ std::unique_ptr<wire::ObjectDescT> describe(const Object& o) {
   return d;
 }
 
-Session::Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred, bool refuse,
-                 Error refuse_reason)
+Session::Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred)
     : server_(server),
       socket_(std::move(socket)),
       caller_{id, cred.uid, cred.gid},
       cred_(cred),
-      refuse_(refuse),
-      refuse_reason_(std::move(refuse_reason)),
-      write_timer_(server.io()) {}
+      write_timer_(server.io()),
+      hello_timer_(server.io()) {}
 
 Session::~Session() = default;
 
 void Session::close() {
-  error_code ec;
-  socket_.close(ec);
+  if (socket_.is_open()) {
+    // The socket is closed on the closer thread: descriptors still queued in
+    // it are closed with it, and one of them may linger (fd_closer.hpp).
+    // release() cancels this session's pending operations first.
+    error_code ec;
+    const int fd = socket_.release(ec);
+    if (ec) socket_.close(ec);
+    else server_.closer().close(fd);
+  }
   // Wake a request waiting for a version or for space: it ends at once.
   peer_gone_ = true;
+  hello_timer_.cancel();
   if (auto t = wait_timer_.lock()) t->cancel();
 }
 
-awaitable<bool> Session::fill(std::size_t n) {
-  if (rend_ - rbegin_ >= n) co_return true;
-  if (rbegin_ + n > rbuf_.size()) {
-    // Move the unread bytes to the front (and grow for a large frame).
-    std::memmove(rbuf_.data(), rbuf_.data() + rbegin_, rend_ - rbegin_);
-    rend_ -= rbegin_;
-    rbegin_ = 0;
-    if (n > rbuf_.size()) rbuf_.resize(n);
-  }
-  while (rend_ - rbegin_ < n) {
+void Session::arm_hello_timer() {
+  hello_timer_.expires_after(std::chrono::milliseconds(server_.config().hello_timeout_ms));
+  std::weak_ptr<Session> weak = weak_from_this();
+  hello_timer_.async_wait([weak](error_code ec) {
+    if (ec) return;
+    auto self = weak.lock();
+    if (!self || self->said_hello_) return;
+    log::warning("session ", self->id(), " (pid ", self->cred_.pid, ", uid ", self->cred_.uid,
+                 ") did not say Hello within ", self->server_.config().hello_timeout_ms,
+                 " ms (hello-timeout-ms); closing it");
+    self->close();
+  });
+}
+
+bool Session::refuse_descriptors(const char* when) {
+  if (fds_.empty()) return true;
+  for (int fd : fds_) server_.closer().close(fd);
+  ++server_.counters().protocol_errors;
+  log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, ") sent ", fds_.size(),
+               " descriptor(s) ", when, "; the protocol never asks a client for one. Closing the connection");
+  fds_.clear();
+  return false;
+}
+
+awaitable<std::size_t> Session::read_some(std::byte* p, std::size_t n) {
+  for (;;) {
+    if (!socket_.is_open()) co_return 0;
+    auto r = io::recv_taking_fds(socket_.native_handle(), std::span(p, n), &fds_);
+    if (!refuse_descriptors("with a frame")) co_return 0;
+    if (!r) {
+      log::debug("session ", id(), ": ", r.error().message);
+      co_return 0;
+    }
+    if (r->truncated) {
+      ++server_.counters().protocol_errors;
+      log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid,
+                   ") sent a control message the daemon could not take whole; closing the connection");
+      co_return 0;
+    }
+    if (!r->would_block) co_return r->got;
     error_code ec;
-    std::size_t got = co_await socket_.async_read_some(
-        asio::buffer(rbuf_.data() + rend_, rbuf_.size() - rend_), nothrow(ec));
-    if (ec) {
+    co_await socket_.async_wait(unix_socket::wait_read, nothrow(ec));
+    if (ec) co_return 0;
+  }
+}
+
+awaitable<bool> Session::fill(std::size_t n) {
+  while (rend_ - rbegin_ < n) {
+    if (rend_ == rbuf_.size()) {
+      // No room after the buffered bytes: move the unread ones to the front,
+      // and grow only when the buffer is full of them.
+      if (rbegin_ > 0) {
+        std::memmove(rbuf_.data(), rbuf_.data() + rbegin_, rend_ - rbegin_);
+        rend_ -= rbegin_;
+        rbegin_ = 0;
+      }
+      if (rend_ == rbuf_.size()) rbuf_.resize(std::min(n, std::max(kReadBuffer, 2 * rbuf_.size())));
+    }
+    const std::size_t got = co_await read_some(rbuf_.data() + rend_, rbuf_.size() - rend_);
+    if (got == 0) {
       if (rend_ != rbegin_)
-        log::warning("session ", id(), " (pid ", cred_.pid, "): connection ended mid-frame (", ec.message(), ")");
-      else if (ec != asio::error::eof && ec != asio::error::operation_aborted && ec != asio::error::bad_descriptor)
-        log::debug("session ", id(), ": read: ", ec.message());
+        log::warning("session ", id(), " (pid ", cred_.pid, "): connection ended mid-frame");
       co_return false;
     }
     rend_ += got;
@@ -121,6 +182,12 @@ awaitable<bool> Session::read_frame(protocol::FrameHeader& h, std::span<const st
     co_return false;
   }
   h = *hr;
+  if (!said_hello_ && h.length > kMaxPayloadBeforeHello) {
+    ++server_.counters().protocol_errors;
+    log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, ") announced a frame of ", h.length,
+                 " bytes before saying Hello (the limit is ", kMaxPayloadBeforeHello, "); closing the connection");
+    co_return false;
+  }
   if (!co_await fill(protocol::kHeaderSize + h.length)) co_return false;
   *payload = std::span<const std::byte>(rbuf_.data() + rbegin_ + protocol::kHeaderSize, h.length);
   rbegin_ += protocol::kHeaderSize + h.length;
@@ -173,6 +240,7 @@ awaitable<bool> Session::send(const std::vector<std::byte>& frame, int fd) {
 
 awaitable<void> Session::run() {
   log::info("client connected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " gid ", cred_.gid);
+  arm_hello_timer();
   for (;;) {
     protocol::FrameHeader h;
     std::span<const std::byte> payload;
@@ -183,7 +251,7 @@ awaitable<void> Session::run() {
       (void)co_await send(protocol::encode_version_mismatch(h.version, h.request_id), -1);
       break;
     }
-    if (said_hello_ && !refuse_ &&
+    if (said_hello_ &&
         (h.type == static_cast<std::uint16_t>(wire::Body::Get) ||
          h.type == static_cast<std::uint16_t>(wire::Body::Release) ||
          h.type == static_cast<std::uint16_t>(wire::Body::PutBytes))) {
@@ -205,14 +273,12 @@ awaitable<void> Session::run() {
       break;
     }
     Reply r;
-    if (refuse_) {
-      r = error_reply(refuse_reason_);
-    } else if (!said_hello_ && (*msg)->body.type != wire::Body::Hello) {
+    if (!said_hello_ && (*msg)->body.type != wire::Body::Hello) {
       r = error_reply(Error{Errc::protocol_error, "the first message must be Hello"});
     } else {
       r = co_await dispatch(**msg);
     }
-    const bool fatal = refuse_ || (r.body.type == wire::Body::ErrorReply && !said_hello_);
+    const bool fatal = r.body.type == wire::Body::ErrorReply && !said_hello_;
     protocol::encode_into(wbuf_, fbb_, r.body, h.request_id);
     if (!co_await send(wbuf_, r.fd)) break;
     if (fatal || peer_gone_) break;
@@ -243,6 +309,7 @@ awaitable<Reply> Session::dispatch(protocol::Message& msg) {
 
 Reply Session::on_hello(const wire::HelloT& m) {
   said_hello_ = true;
+  hello_timer_.cancel();
   log::debug("session ", id(), " hello from '", printable_name(m.client_name), "' pid ", m.pid);
   wire::HelloReplyT r;
   r.protocol_version = protocol::kVersion;
@@ -263,38 +330,53 @@ Reply Session::on_hello(const wire::HelloT& m) {
   return reply(std::move(r));
 }
 
-void Session::watch_peer(const std::shared_ptr<asio::steady_timer>& timer) {
-  // While a request waits, notice the peer hanging up (recv peeks 0 bytes).
+void Session::watch_peer(const std::shared_ptr<asio::steady_timer>& timer, std::uint64_t generation) {
   std::weak_ptr<Session> weak = weak_from_this();
   std::weak_ptr<asio::steady_timer> wt = timer;
-  socket_.async_wait(unix_socket::wait_read, [weak, wt](error_code ec) {
+  socket_.async_wait(unix_socket::wait_read, [weak, wt, generation](error_code ec) {
     if (ec) return;
     auto self = weak.lock();
-    if (!self) return;
-    char c;
-    ssize_t n = ::recv(self->socket_.native_handle(), &c, 1, MSG_PEEK | MSG_DONTWAIT);
-    if (n == 0 || (n < 0 && errno != EAGAIN && errno != EWOULDBLOCK)) {
+    if (!self || self->watch_generation_ != generation || !self->socket_.is_open()) return;
+    const auto gone = [&](const char* why) {
+      if (why != nullptr)
+        log::warning("session ", self->id(), " (pid ", self->cred_.pid, ", uid ", self->cred_.uid, ") ", why,
+                     " while its request waited; closing the connection");
       self->peer_gone_ = true;
       if (auto t = wt.lock()) t->cancel();
-    }
+    };
+    // The bytes the peer sends meanwhile are the start of its next request:
+    // keep them after the ones buffered (the waiting request's payload is not
+    // moved). A peer that sends more than fits is not waiting for its answer.
+    if (self->rend_ == self->rbuf_.size()) return gone("sent more than its read buffer holds");
+    auto r = io::recv_taking_fds(self->socket_.native_handle(),
+                                 std::span(self->rbuf_.data() + self->rend_, self->rbuf_.size() - self->rend_),
+                                 &self->fds_);
+    if (!self->refuse_descriptors("while its request waited")) return gone(nullptr);
+    if (!r || r->truncated) return gone(nullptr);
+    if (!r->would_block && r->got == 0) return gone(nullptr);  // hung up
+    self->rend_ += r->got;
+    self->watch_peer(wt.lock(), generation);
   });
 }
 
 template <class Ready, class Park>
 awaitable<decltype(std::declval<Ready>()())> Session::wait_until(Ready ready, Park park, Errc retry_on,
                                                                  std::int64_t timeout_ms) {
-  const auto deadline = std::chrono::steady_clock::now() + std::chrono::milliseconds(std::max<std::int64_t>(0, timeout_ms));
+  const auto deadline = deadline_after(timeout_ms);
   auto timer = std::make_shared<asio::steady_timer>(server_.io());
   wait_timer_ = timer;
   bool watching = false;
+  const std::uint64_t generation = ++watch_generation_;
   struct StopWatching {
     unix_socket& socket;
     bool& watching;
+    std::uint64_t& generation;
     ~StopWatching() {
+      ++generation;  // a watch handler already queued does nothing
       error_code ec;
-      if (watching) socket.cancel(ec);
+      if (watching && socket.is_open()) socket.cancel(ec);
     }
-  } stop_watching{socket_, watching};
+  } stop_watching{socket_, watching, watch_generation_};
   for (;;) {
     auto r = ready();
     if (r || r.error().code != retry_on || timeout_ms <= 0) co_return r;
@@ -302,11 +384,11 @@ awaitable<decltype(std::declval<Ready>()())> Session::wait_until(Ready ready, Pa
       if (peer_gone_) co_return r;
       Error e = std::move(r).error();
       e.code = Errc::timeout;
-      e.message += "; gave up after waiting " + std::to_string(timeout_ms) + " ms";
+      e.message += "; gave up after waiting " + std::to_string(std::min(timeout_ms, kLongestWaitMs)) + " ms";
       co_return e;
     }
     if (!watching) {
-      watch_peer(timer);
+      watch_peer(timer, generation);
       watching = true;
     }
     timer->expires_at(deadline);
@@ -413,7 +495,7 @@ awaitable<Result<Object*>> Session::lease_for_get(const std::string& name, std::
                                [&](asio::steady_timer* t) { return server_.waiters().wait_for_name(name, t); },
                                Errc::not_found, timeout_ms);
   if (!r) co_return r;
-  reg.lease(**r);
+  if (auto leased = reg.lease(caller_, **r); !leased) co_return std::move(leased).error();
   ++leases_[(*r)->id];
   ++server_.counters().gets;
   co_return r;
@@ -424,14 +506,18 @@ Status Session::release_lease(std::uint64_t object_id) {
   if (it == leases_.end())
     return Error{Errc::not_open, "release: this connection holds no lease on object " + std::to_string(object_id)};
   if (--it->second == 0) leases_.erase(it);
-  return server_.registry().unlease(object_id);
+  return server_.registry().unlease(caller_, object_id);
 }
 
 awaitable<bool> Session::serve_fast(const protocol::FrameHeader& h, const wire::Message& msg) {
   if (const auto* rel = msg.body_as_Release()) {
     auto r = release_lease(rel->object_id());
     if (rel->no_reply()) {
-      if (!r) log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.error().message);
+      if (!r && ++release_warnings_ <= kReleaseWarnings)
+        log::warning("session ", id(), " (pid ", cred_.pid, "): ", r.error().message,
+                     release_warnings_ == kReleaseWarnings ? " (further release failures of this connection are "
+                                                             "counted, not logged)"
+                                                           : "");
       co_return true;
     }
     fbb_.Clear();
@@ -483,11 +569,23 @@ Reply Session::on_delete(const wire::DeleteT& m) {
 Reply Session::on_list(const wire::ListT& m) {
   if (m.prefix.size() > kMaxNameBytes)
     return error_reply(Error{Errc::invalid_name, "list: prefix longer than 255 bytes"});
+  if (m.start_after.size() > kMaxNameBytes)
+    return error_reply(Error{Errc::invalid_name, "list: start_after longer than 255 bytes"});
   const std::uint32_t limit = m.limit == 0 ? protocol::kMaxListLimit : std::min(m.limit, protocol::kMaxListLimit);
   wire::ListReplyT out;
   bool truncated = false;
-  for (const Object* o : server_.registry().list(caller_, m.prefix, limit, &truncated))
+  // One page of about kListPageBytes: 30 000 long names would not fit one frame.
+  std::size_t bytes = 0;
+  for (const Object* o : server_.registry().list(caller_, m.prefix, m.start_after, limit, &truncated)) {
+    const std::size_t cost = protocol::kListEntryOverhead + o->name.size() + 16 * o->shape.size();
+    if (!out.objects.empty() && bytes + cost > protocol::kListPageBytes) {
+      out.more_after = out.objects.back()->name;
+      truncated = false;  // the page is full, not the limit reached: the client asks for the next page
+      break;
+    }
+    bytes += cost;
     out.objects.push_back(describe(*o));
+  }
   out.truncated = truncated;
   return reply(std::move(out));
 }
@@ -537,7 +635,6 @@ Reply Session::on_map_segment(const wire::MapSegmentT& m) {
     return error_reply(Error{Errc::permission_denied, "map: segment " + std::to_string(m.segment_id) +
                                                           " holds objects uid " + std::to_string(caller_.uid) +
                                                           " may not " + (m.writable ? "write" : "read")});
-  server_.pool().note_exposed(m.segment_id, caller_.uid, caller_.gid);
   wire::MapSegmentReplyT out;
   out.segment = std::make_unique<wire::SegmentInfoT>();
   out.segment->id = s->id();
@@ -629,7 +726,7 @@ void Session::cleanup() {
   std::size_t leases = 0;
   for (auto [id, count] : leases_)
     for (std::uint32_t i = 0; i < count; ++i) {
-      (void)reg.unlease(id);
+      (void)reg.unlease(caller_, id);
       ++leases;
     }
   leases_.clear();
@@ -639,6 +736,9 @@ void Session::cleanup() {
   if (CopyEngine* e = server_.engine()) e->session_closed(caller_.session);
   log::info("client disconnected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " (released ", leases,
             " lease(s), aborted ", opened, " open create(s))");
+  if (release_warnings_ > kReleaseWarnings)
+    log::warning("session ", id(), " (pid ", cred_.pid, "): ", release_warnings_ - kReleaseWarnings,
+                 " more one-way releases of objects it held no lease on were not logged");
   close();
   server_.forget(id(), cred_.uid);
 }

@@ -25,8 +25,14 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Bytes read ahead per connection; larger frames grow it for their time.
   static constexpr std::size_t kReadBuffer = 8 * 1024;
 
-  Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred, bool refuse_reason_set,
-          Error refuse_reason);
+  /// Bytes a frame may carry before the peer said Hello (Hello itself is a
+  /// few dozen): a stranger cannot make the daemon allocate more.
+  static constexpr std::size_t kMaxPayloadBeforeHello = 4 * 1024;
+  /// Release warnings logged per connection; the rest are counted and
+  /// reported once when it ends.
+  static constexpr std::uint32_t kReleaseWarnings = 8;
+
+  Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerCred cred);
   ~Session();
 
   /// Serves the connection until it ends; then cleans up.
@@ -48,8 +54,18 @@ class Session : public std::enable_shared_from_this<Session> {
   /// Reads the next frame into rbuf_ (one read(2) usually brings header and
   /// payload together); *payload views it until the next call.
   awaitable<bool> read_frame(protocol::FrameHeader& h, std::span<const std::byte>* payload);
-  /// Ensures at least `n` unread bytes are buffered.
+  /// Ensures at least `n` unread bytes are buffered. The buffer grows with
+  /// the bytes that arrive (at most doubling), never ahead of them.
   awaitable<bool> fill(std::size_t n);
+  /// Reads what the socket has into [p, p + n), waiting until it has
+  /// something. Returns the bytes read, 0 at the end of the connection or on
+  /// a failure (logged). A frame that carries descriptors ends the
+  /// connection: the protocol never asks a client for one (they are closed
+  /// on the closer thread, never here).
+  awaitable<std::size_t> read_some(std::byte* p, std::size_t n);
+  /// Takes descriptors a client sent: queued for closing off the io thread.
+  /// Returns false (after logging) when there were any.
+  bool refuse_descriptors(const char* when);
   awaitable<bool> send(const std::vector<std::byte>& frame, int fd);
   awaitable<Reply> dispatch(protocol::Message& msg);
   void cleanup();
@@ -86,17 +102,26 @@ class Session : public std::enable_shared_from_this<Session> {
   template <class Ready, class Park>
   awaitable<decltype(std::declval<Ready>()())> wait_until(Ready ready, Park park, Errc retry_on,
                                                           std::int64_t timeout_ms);
-  void watch_peer(const std::shared_ptr<asio::steady_timer>& timer);
+  /// While a request waits: notices the peer hanging up, and buffers what it
+  /// sends meanwhile (the start of its next request) so that a byte sent
+  /// before hanging up cannot hide the hang-up. Ends the wait (peer_gone_)
+  /// when the peer leaves, sends descriptors, or sends more than the read
+  /// buffer holds. `generation` ties it to one wait.
+  void watch_peer(const std::shared_ptr<asio::steady_timer>& timer, std::uint64_t generation);
+  /// Closes a connection that has not said Hello in time.
+  void arm_hello_timer();
 
   Server& server_;
   unix_socket socket_;
   Caller caller_;
   io::PeerCred cred_;
-  bool refuse_ = false;
-  Error refuse_reason_;
   bool said_hello_ = false;
   bool peer_gone_ = false;
   asio::steady_timer write_timer_;
+  asio::steady_timer hello_timer_;
+  std::vector<int> fds_;                        // descriptors a read brought (always refused)
+  std::uint64_t watch_generation_ = 0;          // bumped when a wait ends: older watches do nothing
+  std::uint32_t release_warnings_ = 0;          // Release failures of this connection
   std::vector<std::byte> rbuf_ = std::vector<std::byte>(kReadBuffer);
   std::vector<std::byte> wbuf_;                 // the reply being sent
   std::vector<std::uint64_t> scratch_;          // realigned payloads

@@ -24,6 +24,18 @@ T unwrap(Result<T>&& r) {
 
 const ObjectInfo kNoInfo{};
 
+/// The daemon checks every layout it accepts (protocol::check_layout); a
+/// client checks again what it is told before it builds a view over memory,
+/// so that no description, whoever produced it, can make it read outside the
+/// object or hand numpy or torch a shape they cannot hold.
+void check_described(const ObjectInfo& i, const char* what) {
+  auto span = protocol::check_layout(i.dtype, i.shape, i.strides, i.nbytes);
+  if (span && i.strides.size() == i.shape.size()) return;
+  raise(Error{Errc::protocol_error, std::string(what) + " '" + i.name + "': the daemon described a layout this client "
+                                        "refuses (" + (span ? std::string("strides missing") : span.error().message) +
+                                        ")"});
+}
+
 /// Writes `src` into `dst`, laid out with `dst_strides` (elements; empty: C
 /// order), with up to `threads` threads (parallel_copy.hpp): one memcpy of
 /// `nbytes` when `src` is dense (`src_dense`: C or Fortran order) in that same
@@ -152,6 +164,14 @@ Buffer Client::create(std::string_view name, DType dtype, std::span<const std::i
     }
     const auto& desc = *(*result)->body.AsCreateObjectReply()->object;
     open->info = detail::to_info(desc);
+    if (auto bad = protocol::check_layout(open->info.dtype, open->info.shape, open->info.strides, open->info.nbytes);
+        !bad || open->info.strides.size() != open->info.shape.size()) {
+      for (int fd : fds) ::close(fd);
+      const std::uint64_t epoch = conn_->epoch();
+      lk.unlock();
+      conn_->abort(open->info.object_id, epoch);
+      check_described(open->info, "create");
+    }
     open->epoch = conn_->epoch();
     if (fds.size() > 1) {
       for (std::size_t i = 1; i < fds.size(); ++i) ::close(fds[i]);
@@ -238,6 +258,12 @@ Object Client::get(std::string_view name, const GetOptions& options) {
   lease->info = detail::to_info(desc);
   lease->epoch = conn_->epoch();
   lease->conn = conn_;  // from here on, destroying the lease releases it
+  if (auto bad = protocol::check_layout(lease->info.dtype, lease->info.shape, lease->info.strides, lease->info.nbytes);
+      !bad || lease->info.strides.size() != lease->info.shape.size()) {
+    for (int fd : fds) ::close(fd);
+    lk.unlock();
+    check_described(lease->info, "get");
+  }
   if (fds.size() > 1) {
     for (int fd : fds) ::close(fd);
     raise(Error{Errc::protocol_error, "get reply carried more than one descriptor"});
@@ -257,14 +283,25 @@ Object Client::get(std::string_view name, const GetOptions& options) {
 }
 
 std::vector<ObjectInfo> Client::list(std::string_view prefix, std::uint32_t limit) {
-  wire::ListT req;
-  req.prefix = std::string(prefix);
-  req.limit = limit;
-  auto lk = conn_->lock();
-  auto reply = unwrap(conn_->call_locked(std::move(req)));
+  // Page by page (a reply holds about protocol::kListPageBytes), each page a
+  // round trip of its own so that other threads' calls go in between.
   std::vector<ObjectInfo> out;
-  for (const auto& d : reply->body.AsListReply()->objects)
-    if (d) out.push_back(detail::to_info(*d));
+  std::string after;
+  for (;;) {
+    wire::ListT req;
+    req.prefix = std::string(prefix);
+    req.limit = limit == 0 ? 0 : limit - static_cast<std::uint32_t>(out.size());
+    req.start_after = after;
+    auto lk = conn_->lock();
+    auto reply = unwrap(conn_->call_locked(std::move(req)));
+    lk.unlock();
+    const auto* page = reply->body.AsListReply();
+    if (page == nullptr) raise(Error{Errc::protocol_error, "list answered with something else"});
+    for (const auto& d : page->objects)
+      if (d) out.push_back(detail::to_info(*d));
+    if (page->more_after.empty() || page->more_after <= after || (limit != 0 && out.size() >= limit)) break;
+    after = page->more_after;
+  }
   return out;
 }
 

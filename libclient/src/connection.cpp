@@ -60,7 +60,15 @@ ObjectInfo to_info(const wire::ObjectDesc& d) {
 }
 
 Result<std::shared_ptr<Connection>> Connection::open(Client::Options options) {
-  if (options.socket_path.empty()) options.socket_path = default_client_socket_path();
+  if (options.socket_path.empty()) {
+    auto choice = default_client_socket();
+    if (choice.path.empty())
+      return Error{Errc::permission_denied,
+                   "no socket of tensorshmd this client can trust: " + choice.passed_over +
+                       ", so another user could listen there. Remove that directory (a tensorshmd started by you "
+                       "makes it again, mode 0700), or set TENSORSHM_SOCKET to your daemon's socket"};
+    options.socket_path = std::move(choice.path);
+  }
   std::shared_ptr<Connection> c(new Connection(std::move(options)));
   auto lk = c->lock();
   TSHM_TRY(c->connect_locked());
@@ -96,6 +104,11 @@ Status Connection::connect_locked() {
                      "). Start the daemon with `tensorshmd` (or `systemctl start tensorshmd`), or set "
                      "TENSORSHM_SOCKET to the socket it listens on."};
   }
+  if (auto trusted = check_peer_locked(); !trusted) {
+    disconnect_locked();
+    broken_ = true;
+    return trusted.error();
+  }
   pid_ = ::getpid();
   fork_gen_ = fork_generation();
   broken_ = false;
@@ -111,7 +124,19 @@ Status Connection::connect_locked() {
   u.Set(std::move(hello));
   const std::uint32_t id = next_request_++;
   protocol::encode_into(wbuf_, fbb_, u, id);
-  if (auto s = send_frame_locked(wbuf_); !s) return lost(s.error());
+  if (auto s = send_frame_locked(wbuf_); !s) {
+    // A daemon that refuses the connection (over a limit) answers at once
+    // and closes, possibly before Hello arrives: read what it said.
+    auto said = recv_frame_locked(id, nullptr);
+    if (said && (*said)->body_as_ErrorReply() != nullptr) {
+      const auto* e = (*said)->body_as_ErrorReply();
+      Error why{static_cast<Errc>(e->code()), e->message() ? e->message()->str() : std::string("(no message)")};
+      disconnect_locked();
+      broken_ = true;
+      return why;
+    }
+    return lost(s.error());
+  }
   auto view = recv_frame_locked(id, nullptr);
   if (!view) {
     auto reply = std::move(view);
@@ -141,6 +166,19 @@ Status Connection::connect_locked() {
   for (const auto& s : hr->segments)
     if (s) info_.segments.push_back(SegmentInfo{s->id, s->name, s->size, s->dedicated});
   return ok_status();
+}
+
+Status Connection::check_peer_locked() {
+  auto cred = io::peer_credentials(fd_);
+  if (!cred) return std::move(cred).error();
+  const uid_t me = ::geteuid();
+  if (trusted_daemon_uid(cred->uid, me, options_.daemon_uid)) return ok_status();
+  return Error{Errc::permission_denied,
+               "the process listening on '" + options_.socket_path + "' (pid " + std::to_string(cred->pid) +
+                   ") runs as uid " + std::to_string(cred->uid) +
+                   ", which this client does not trust with its data: a tensorshmd must run as root, as the "
+                   "service user '" + std::string(kServiceUser) + "' or as this process's uid " + std::to_string(me) +
+                   ". If that daemon is one you trust, set TENSORSHM_DAEMON_UID=" + std::to_string(cred->uid)};
 }
 
 Error Connection::lost(const Error& why) {
@@ -194,7 +232,9 @@ Result<const wire::Message*> Connection::recv_frame_locked(std::uint32_t request
                  "tensorshmd at '" + options_.socket_path + "' refused this client: " +
                      std::string(reinterpret_cast<const char*>(payload.data()), payload.size())};
   }
-  if (h->request_id != request_id)
+  // Request id 0 is the daemon's word on the connection itself: an error
+  // (a limit) after which it closes.
+  if (h->request_id != request_id && !(h->request_id == 0 && h->type == static_cast<std::uint16_t>(wire::Body::ErrorReply)))
     return Error{Errc::protocol_error, "reply to request " + std::to_string(h->request_id) + " while waiting for " +
                                            std::to_string(request_id)};
   return protocol::verify(*h, payload, scratch_);
@@ -339,11 +379,26 @@ Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segmen
                                              std::to_string(hdr->major) + "." + std::to_string(hdr->minor) +
                                              "; this client reads major version " +
                                              std::to_string(TSHM_LAYOUT_MAJOR)};
-  if (seg.dedicated)
+  if (seg.dedicated) {
     dedicated_maps_[key] = m;
-  else
+  } else {
     pool_maps_[key] = m;
+    trim_pool_maps_locked();
+  }
   return m;
+}
+
+void Connection::trim_pool_maps_locked() {
+  // A pool segment that empties and is given to another owner or sharing mode
+  // gets a fresh memory file under a new id: the old id's mapping only shows
+  // what it held before. Keep at most two mappings (read-only and writable)
+  // per pool segment of the daemon, dropping those nothing uses, oldest ids
+  // (replaced first) first.
+  const std::size_t keep = 2 * std::max<std::size_t>(info_.segments.size(), 1);
+  for (auto it = pool_maps_.begin(); it != pool_maps_.end() && pool_maps_.size() > keep;)
+    it = it->second.use_count() == 1 ? pool_maps_.erase(it) : std::next(it);
+  for (auto it = dedicated_maps_.begin(); it != dedicated_maps_.end();)  // expired weak references
+    it = it->second.expired() ? dedicated_maps_.erase(it) : std::next(it);
 }
 
 void Connection::release(std::uint64_t object_id, std::uint64_t epoch) noexcept {

@@ -121,11 +121,22 @@ class Connection : public std::enable_shared_from_this<Connection> {
 
  private:
   explicit Connection(Client::Options options) : options_(std::move(options)) {
+    if (!options_.daemon_uid)
+      if (const char* uid = std::getenv("TENSORSHM_DAEMON_UID"); uid != nullptr && *uid != '\0') {
+        char* end = nullptr;
+        const unsigned long v = std::strtoul(uid, &end, 10);
+        if (end != nullptr && *end == '\0' && v <= 0xFFFFFFFFul) options_.daemon_uid = static_cast<std::uint32_t>(v);
+      }
     const char* env = std::getenv("TENSORSHM_SPIN_WAIT");
     spin_wait_ = options_.spin_wait.value_or(env == nullptr || std::string_view(env) != "0");
     copy_threads_ = resolve_copy_threads(options_.copy_threads, std::getenv("TENSORSHM_COPY_THREADS"));
   }
   Status connect_locked();
+  /// Refuses a daemon whose uid this client does not trust (paths.hpp).
+  Status check_peer_locked();
+  /// Drops cached pool mappings nothing uses any more beyond the daemon's
+  /// number of pool segments (segments replaced for a new owner get new ids).
+  void trim_pool_maps_locked();
   void disconnect_locked() noexcept;
   /// Sends one request, which `frame(request_id)` writes into wbuf_ (again if
   /// it is resent on a new connection), and receives its reply.

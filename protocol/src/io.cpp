@@ -10,7 +10,8 @@
 
 namespace tensorshm::io {
 
-Result<SendResult> send_with_fds(int sock, std::span<const std::byte> data, std::span<const int> fds) {
+Result<SendResult> send_with_fds(int sock, std::span<const std::byte> data, std::span<const int> fds,
+                                 bool dont_wait) {
   iovec iov{const_cast<std::byte*>(data.data()), data.size()};
   msghdr msg{};
   msg.msg_iov = &iov;
@@ -29,7 +30,7 @@ Result<SendResult> send_with_fds(int sock, std::span<const std::byte> data, std:
     std::memcpy(CMSG_DATA(c), fds.data(), sizeof(int) * fds.size());
   }
   for (;;) {
-    ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL);
+    ssize_t n = ::sendmsg(sock, &msg, MSG_NOSIGNAL | (dont_wait ? MSG_DONTWAIT : 0));
     if (n >= 0) return SendResult{static_cast<std::size_t>(n), false};
     if (errno == EINTR) continue;
     if (errno == EAGAIN || errno == EWOULDBLOCK) return SendResult{0, true};
@@ -60,6 +61,36 @@ Result<std::size_t> recv_with_fds(int sock, std::span<std::byte> data, std::vect
   if (msg.msg_flags & MSG_CTRUNC) return Error{Errc::protocol_error, "recvmsg: descriptor message truncated"};
   if (unexpected) return Error{Errc::protocol_error, "recvmsg: unexpected descriptors"};
   return static_cast<std::size_t>(*n);
+}
+
+Result<RecvResult> recv_taking_fds(int sock, std::span<std::byte> data, std::vector<int>* fds) {
+  // Room for SCM_MAX_FD (253) descriptors, the most one sendmsg can attach.
+  constexpr std::size_t kMaxFds = 253;
+  alignas(cmsghdr) char control[CMSG_SPACE(sizeof(int) * kMaxFds)];
+  iovec iov{data.data(), data.size()};
+  msghdr msg{};
+  msg.msg_iov = &iov;
+  msg.msg_iovlen = 1;
+  msg.msg_control = control;
+  msg.msg_controllen = sizeof control;
+  ssize_t n;
+  do {
+    n = ::recvmsg(sock, &msg, MSG_DONTWAIT | MSG_CMSG_CLOEXEC);
+  } while (n < 0 && errno == EINTR);
+  if (n < 0) {
+    if (errno == EAGAIN || errno == EWOULDBLOCK) return RecvResult{0, true, false};
+    return posix_error("recvmsg", "control socket", errno);
+  }
+  for (cmsghdr* c = CMSG_FIRSTHDR(&msg); c != nullptr; c = CMSG_NXTHDR(&msg, c)) {
+    if (c->cmsg_level != SOL_SOCKET || c->cmsg_type != SCM_RIGHTS) continue;
+    const std::size_t count = (c->cmsg_len - CMSG_LEN(0)) / sizeof(int);
+    for (std::size_t i = 0; i < count; ++i) {
+      int fd;
+      std::memcpy(&fd, CMSG_DATA(c) + i * sizeof(int), sizeof(int));
+      fds->push_back(fd);
+    }
+  }
+  return RecvResult{static_cast<std::size_t>(n), false, (msg.msg_flags & MSG_CTRUNC) != 0};
 }
 
 Result<PeerCred> peer_credentials(int sock) {

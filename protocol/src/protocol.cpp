@@ -220,6 +220,20 @@ Result<std::uint64_t> check_layout(DType dtype, std::span<const std::int64_t> sh
                    "dimension " + std::to_string(i) + " is negative (" + std::to_string(shape[i]) + ")"};
     if (shape[i] == 0) empty = true;
   }
+  // numpy and torch index with signed 64-bit integers and refuse (numpy) or
+  // mishandle (torch 1.13 aborts) arrays whose elements times the item size
+  // do not fit one, whatever the strides: a broadcast view of a single byte
+  // must still have a shape they can hold.
+  {
+    u128 elements = empty ? 0 : 1;
+    for (std::int64_t d : shape) {
+      elements *= static_cast<std::uint64_t>(d);
+      if (elements > static_cast<u128>(std::numeric_limits<std::int64_t>::max()) / item)
+        return Error{Errc::invalid_argument,
+                     "the shape has more elements than numpy and torch can index (its elements times the item size "
+                     "must stay below 2^63)"};
+    }
+  }
   if (empty) return std::uint64_t{0};
   // Byte span: 1 + sum((dim-1)*stride) elements; for C order that is the
   // element count, computed here without c_strides() so that it cannot overflow.

@@ -337,10 +337,12 @@ class PyClient {
                      i.cuda_devices, "segments", segs);
   }
 
+  // timeout_ms < 0 waits for ever: the longest wait the wire carries (the
+  // daemon caps it at about 31 years).
   static CreateOptions create_options(std::vector<std::int64_t> strides, std::int64_t timeout_ms, int share) {
     CreateOptions o;
     o.strides = std::move(strides);
-    o.timeout = milliseconds(std::max<std::int64_t>(0, timeout_ms));
+    o.timeout = timeout_ms < 0 ? milliseconds::max() : milliseconds(timeout_ms);
     o.share = share_from_int(share);
     return o;
   }

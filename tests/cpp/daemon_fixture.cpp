@@ -38,14 +38,14 @@ void close_fd(int& fd) {
   fd = -1;
 }
 
+}  // namespace
+
 std::string read_file(const std::string& path) {
   std::ifstream in(path);
   std::ostringstream os;
   os << in.rdbuf();
   return os.str();
 }
-
-}  // namespace
 
 // ---- LineReader ----------------------------------------------------------------
 
@@ -274,7 +274,9 @@ int Daemon::stop() {
   return code;
 }
 
-std::vector<std::string> Daemon::shm_files() const { return shm_files_of(instance_); }
+std::vector<std::string> Daemon::shm_files() const {
+  return shm_files_of(instance_, stopped_ ? -1 : process_.pid());
+}
 
 std::string Daemon::log() const { return read_file(dir_ + "/tensorshmd.log"); }
 

@@ -133,6 +133,8 @@ class Daemon {
 
 /// A fresh instance name, unique across processes running in parallel.
 std::string unique_instance();
+/// The whole content of a file ("" when it cannot be read).
+std::string read_file(const std::string& path);
 
 /// Value of "key=..." in a peer's output line ("got version=3 ..." -> "3").
 std::string field(const std::string& line, const std::string& key);

@@ -113,7 +113,7 @@ Config small_config() {
 }
 
 // A pool of four 1 MiB segments and a registry on it; on destruction the
-// pool's segments must leave /dev/shm.
+// pool's segments (memory files) must be closed.
 struct RegistryFixture {
   Config config = small_config();
   std::unique_ptr<Pool> pool;
@@ -166,7 +166,7 @@ struct RegistryFixture {
   }
 };
 
-TEST_CASE("a_pool_reserves_its_segments_in_dev_shm_and_removes_them_when_destroyed") {
+TEST_CASE("a_pool_reserves_its_segments_as_memory_files_and_closes_them_when_destroyed") {
   Config c = small_config();
   {
     auto pool = Pool::create(c);
@@ -184,7 +184,7 @@ TEST_CASE("a_pool_reserves_its_segments_in_dev_shm_and_removes_them_when_destroy
   CHECK(shm_files_of(c.instance).empty());
 }
 
-TEST_CASE("a_pool_larger_than_dev_shm_fails_at_start_naming_the_sizes_and_the_fix") {
+TEST_CASE("a_pool_larger_than_the_available_memory_fails_at_start_naming_the_sizes_and_the_fix") {
   Config c = small_config();
   c.pool_size = std::uint64_t{1} << 50;  // a petabyte
   auto pool = Pool::create(c);
@@ -328,14 +328,14 @@ TEST_CASE("a_lease_keeps_an_old_version_until_it_is_given_back") {
   RegistryFixture f;
   Object* v1 = f.put(f.alice, "x", 5000);
   const std::uint64_t id1 = v1->id;
-  f.registry->lease(*v1);
+  REQUIRE(f.registry->lease(f.alice, *v1));
   CHECK(f.registry->leases() == 1);
   (void)f.put(f.alice, "x", 5000);
   CHECK(f.registry->versions() == 2);
   CHECK(f.registry->names() == 1);
   REQUIRE(f.registry->get(id1) != nullptr);
   const std::uint64_t used_two = f.pool->pool_used_bytes();
-  REQUIRE(f.registry->unlease(id1));
+  REQUIRE(f.registry->unlease(f.alice, id1));
   CHECK(f.registry->leases() == 0);
   CHECK(f.registry->versions() == 1);
   CHECK(f.registry->get(id1) == nullptr);
@@ -345,10 +345,10 @@ TEST_CASE("a_lease_keeps_an_old_version_until_it_is_given_back") {
 TEST_CASE("unlease_of_an_object_without_leases_fails_with_not_open") {
   RegistryFixture f;
   Object* v = f.put(f.alice, "x");
-  auto r = f.registry->unlease(v->id);
+  auto r = f.registry->unlease(f.alice, v->id);
   REQUIRE_FALSE(r.has_value());
   CHECK(r.error().code == Errc::not_open);
-  auto unknown = f.registry->unlease(424242);
+  auto unknown = f.registry->unlease(f.alice, 424242);
   REQUIRE_FALSE(unknown.has_value());
   CHECK(unknown.error().code == Errc::not_open);
 }
@@ -357,7 +357,7 @@ TEST_CASE("remove_hides_a_name_while_leased_versions_stay_until_released") {
   RegistryFixture f;
   Object* v = f.put(f.alice, "x", 5000);
   const std::uint64_t id = v->id;
-  f.registry->lease(*v);
+  REQUIRE(f.registry->lease(f.alice, *v));
   REQUIRE(f.registry->remove(f.alice, "x"));
   CHECK(f.registry->names() == 0);
   auto gone = f.registry->find(f.alice, "x", 0);
@@ -365,7 +365,7 @@ TEST_CASE("remove_hides_a_name_while_leased_versions_stay_until_released") {
   CHECK(gone.error().code == Errc::not_found);
   CHECK(f.registry->versions() == 1);
   CHECK(f.registry->get(id) != nullptr);
-  REQUIRE(f.registry->unlease(id));
+  REQUIRE(f.registry->unlease(f.alice, id));
   CHECK(f.registry->versions() == 0);
   CHECK(f.pool->pool_used_bytes() == 0);
 }
@@ -405,8 +405,8 @@ TEST_CASE("objects_are_readable_by_others_only_as_far_as_they_are_shared") {
   CHECK(f.registry->find(f.bob_in_alices_group, "team", 0).has_value());
   CHECK(f.registry->find(f.bob, "public", 0).has_value());
   CHECK(f.registry->find(f.root, "private", 0).has_value());
-  CHECK(f.registry->list(f.bob, "", 0, nullptr).size() == 1);
-  CHECK(f.registry->list(f.alice, "", 0, nullptr).size() == 3);
+  CHECK(f.registry->list(f.bob, "", "", 0, nullptr).size() == 1);
+  CHECK(f.registry->list(f.alice, "", "", 0, nullptr).size() == 3);
 }
 
 TEST_CASE("list_returns_sealed_latest_versions_by_prefix_up_to_a_limit") {
@@ -418,13 +418,19 @@ TEST_CASE("list_returns_sealed_latest_versions_by_prefix_up_to_a_limit") {
   auto open = f.create(f.alice, "cam/3");
   REQUIRE(open.has_value());
   bool truncated = true;
-  auto all = f.registry->list(f.alice, "cam/", 0, &truncated);
+  auto all = f.registry->list(f.alice, "cam/", "", 0, &truncated);
   CHECK(all.size() == 3);
   CHECK_FALSE(truncated);
-  auto some = f.registry->list(f.alice, "cam/", 2, &truncated);
+  auto some = f.registry->list(f.alice, "cam/", "", 2, &truncated);
   CHECK(some.size() == 2);
   CHECK(truncated);
   CHECK(some[0]->name == "cam/0");
+  auto rest = f.registry->list(f.alice, "cam/", "cam/0", 0, &truncated);  // the next page
+  REQUIRE(rest.size() == 2);
+  CHECK(rest[0]->name == "cam/1");
+  CHECK(rest[1]->name == "cam/2");
+  CHECK(f.registry->list(f.alice, "cam/", "cam/2", 0, &truncated).empty());
+  CHECK(f.registry->list(f.alice, "cam/", "a", 0, &truncated).size() == 3);  // before the prefix: from its start
 }
 
 TEST_CASE("create_refuses_bad_names_dtypes_and_shapes_naming_the_object") {
@@ -528,22 +534,6 @@ TEST_CASE("seal_announces_the_name_to_waiters") {
   CHECK(published == std::vector<std::string>{"news"});
 }
 
-TEST_CASE("sweeping_removes_stale_segments_of_the_instance_only") {
-  const std::string inst = unique_instance();
-  const std::string prefix = "tensorshm." + inst + ".";
-  for (const std::string& n : {prefix + "p1", prefix + "d9", prefix + "lock", "tensorshm." + inst + "x.p1"}) {
-    std::ofstream("/dev/shm/" + n) << "stale";
-  }
-  auto swept = sweep_stale_segments("/dev/shm", prefix, prefix + "lock");
-  REQUIRE(swept.has_value());
-  CHECK(*swept == 2);
-  struct stat st{};
-  CHECK(::stat(("/dev/shm/" + prefix + "lock").c_str(), &st) == 0);
-  CHECK(::stat(("/dev/shm/tensorshm." + inst + "x.p1").c_str(), &st) == 0);
-  ::unlink(("/dev/shm/" + prefix + "lock").c_str());
-  ::unlink(("/dev/shm/tensorshm." + inst + "x.p1").c_str());
-}
-
 // ---- Config --------------------------------------------------------------------
 
 // Sets or clears an environment variable for one scope.
@@ -599,7 +589,7 @@ TEST_CASE("with_no_arguments_the_config_holds_the_embedded_defaults") {
   CHECK(c->socket_mode == 0600);
   CHECK(c->cuda == "auto");
   CHECK(c->log_level == LogLevel::info);
-  CHECK(c->shm_dir == "/dev/shm");
+  CHECK(c->hello_timeout_ms == 10000);
   CHECK(describe(*c) == describe([&] {
           Config d = defaults;
           d.socket_path = default_socket_path();
@@ -707,7 +697,9 @@ TEST_CASE("cuda_linger_above_100_ms_is_a_usage_error_and_up_to_it_is_taken") {
   CHECK(ok->cuda_linger_us == 300);
   auto too_long = parse({"--cuda-linger-us", "100001"});
   REQUIRE_FALSE(too_long.has_value());
-  CHECK(too_long.error().message.find("cuda-linger-us: 100001 is more than 100000") != std::string::npos);
+  CHECK(too_long.error().message ==
+        "cuda-linger-us: 100001 is above the maximum of 100000 (100 ms of spinning after every GPU copy); "
+        "use 0..100000");
   CHECK_FALSE(parse({"--cuda-linger-us", "-1"}).has_value());
 }
 
@@ -756,13 +748,305 @@ TEST_CASE("cuda_lost_is_serve_by_default_takes_exit_from_a_flag_or_the_file_and_
   CHECK(bad.error().message == "cuda-lost: 'restart' is not one of serve, exit");
 }
 
+// ---- Config: strict numbers ---------------------------------------------------
+
+// Every numeric key, as the flag and config-file key it is.
+const std::vector<std::string> kSizeKeys = {"pool-size", "segment-size", "max-object-size", "max-bytes-per-uid"};
+const std::vector<std::string> kWholeNumberKeys = {
+    "max-objects",      "max-connections",  "max-connections-per-uid", "max-objects-per-uid",
+    "pretouch-threads", "write-timeout-ms", "hello-timeout-ms",        "housekeeping-ms",
+    "cuda-handle-cache", "cuda-copy-timeout-ms", "cuda-linger-us"};
+
+// Checks that `args` are refused as a usage error whose message names `key`.
+void check_refused_naming(const std::vector<std::string>& args, const std::string& key) {
+  auto c = parse(args);
+  REQUIRE_MESSAGE(!c.has_value(), "accepted ", args.front(), " ", args.size() > 1 ? args[1] : "");
+  CHECK(c.error().code == Errc::invalid_argument);
+  CHECK_MESSAGE(c.error().message.rfind(key + ": ", 0) == 0, c.error().message);
+}
+
+TEST_CASE("a_negative_pool_size_is_refused_naming_the_key") {
+  auto c = parse({"--pool-size", "-1"});
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().message ==
+        "pool-size: '-1' is not a size (digits with an optional K, M, G or T suffix, no sign, no spaces: 4096, "
+        "256M, 1G); use 0 or more");
+  TempFile file("pool-size = -1\n");
+  check_refused_naming({"--config", file.path}, "pool-size");
+}
+
+TEST_CASE("a_negative_value_of_any_numeric_key_is_refused_naming_the_key_instead_of_wrapping") {
+  for (const auto& keys : {kSizeKeys, kWholeNumberKeys})
+    for (const std::string& key : keys) {
+      CAPTURE(key);
+      check_refused_naming({"--" + key, "-1"}, key);
+      check_refused_naming({"--" + key + "=-5"}, key);
+      TempFile file(key + " = -1\n");
+      check_refused_naming({"--config", file.path}, key);
+    }
+  auto connections = parse({"--max-connections", "-1"});
+  REQUIRE_FALSE(connections.has_value());
+  CHECK(connections.error().message ==
+        "max-connections: '-1' is not a whole number (digits only: no sign, no spaces); use 1..4294967295");
+}
+
+TEST_CASE("numbers_with_a_sign_spaces_or_other_characters_are_refused_naming_the_key") {
+  for (const auto& keys : {kSizeKeys, kWholeNumberKeys})
+    for (const std::string& key : keys)
+      for (const char* text : {"", "+5", " 5", "5 ", "5 0", "0x10", "1e3", "5.0", "five", "\t5"}) {
+        CAPTURE(key);
+        CAPTURE(text);
+        check_refused_naming({"--" + key, text}, key);
+      }
+  // A file's blanks around the value are the file's syntax; blanks inside it are not.
+  TempFile spaced("max-objects = 1 000\n");
+  check_refused_naming({"--config", spaced.path}, "max-objects");
+  TempFile padded("max-objects =   12   \n");
+  auto c = parse({"--config", padded.path});
+  REQUIRE_MESSAGE(c.has_value(), c.error().message);
+  CHECK(c->max_objects == 12);
+  // Whole-number keys take no size suffix.
+  check_refused_naming({"--max-objects", "1K"}, "max-objects");
+}
+
+TEST_CASE("a_number_too_large_for_its_key_is_refused_instead_of_wrapping") {
+  for (const std::string& key : kWholeNumberKeys) {
+    CAPTURE(key);
+    check_refused_naming({"--" + key, "4294967296"}, key);
+    check_refused_naming({"--" + key, "99999999999999999999999"}, key);
+  }
+  for (const std::string& key : kSizeKeys) {
+    CAPTURE(key);
+    check_refused_naming({"--" + key, "18446744073709551616"}, key);
+    check_refused_naming({"--" + key, "16777216T"}, key);
+  }
+  auto objects = parse({"--max-objects", "4294967296"});
+  REQUIRE_FALSE(objects.has_value());
+  CHECK(objects.error().message == "max-objects: 4294967296 is above the maximum of 4294967295; use 1..4294967295");
+  auto pool = parse({"--pool-size", "16777216T"});
+  REQUIRE_FALSE(pool.has_value());
+  CHECK(pool.error().message == "pool-size: 16777216T does not fit in 64 bits; use 0 or more");
+}
+
+TEST_CASE("housekeeping_ms_outside_10_to_60000_is_refused_naming_the_range_and_the_reason") {
+  auto zero = parse({"--housekeeping-ms", "0"});
+  REQUIRE_FALSE(zero.has_value());
+  CHECK(zero.error().message ==
+        "housekeeping-ms: 0 is below the minimum of 10 (a shorter period spins the event loop); use 10..60000");
+  auto long_period = parse({"--housekeeping-ms", "60001"});
+  REQUIRE_FALSE(long_period.has_value());
+  CHECK(long_period.error().message ==
+        "housekeeping-ms: 60001 is above the maximum of 60000 (status and expiry would lag by more than a "
+        "minute); use 10..60000");
+  TempFile file("housekeeping-ms = 9\n");
+  check_refused_naming({"--config", file.path}, "housekeeping-ms");
+}
+
+TEST_CASE("a_write_timeout_of_0_is_refused_because_it_would_drop_every_slow_reader") {
+  auto c = parse({"--write-timeout-ms", "0"});
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().message ==
+        "write-timeout-ms: 0 is below the minimum of 1 (0 drops every client whose reply does not fit the socket "
+        "at once); use 1..3600000");
+  check_refused_naming({"--write-timeout-ms", "3600001"}, "write-timeout-ms");
+}
+
+TEST_CASE("zero_connections_or_objects_are_refused_naming_the_key") {
+  for (const char* key : {"max-connections", "max-connections-per-uid", "max-objects"}) {
+    CAPTURE(key);
+    check_refused_naming({std::string("--") + key, "0"}, key);
+    TempFile file(std::string(key) + " = 0\n");
+    check_refused_naming({"--config", file.path}, key);
+  }
+  auto c = parse({"--max-connections-per-uid", "0"});
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().message ==
+        "max-connections-per-uid: 0 is below the minimum of 1 (0 refuses every client); use 1..4294967295");
+}
+
+TEST_CASE("zero_stays_valid_where_it_means_unlimited_one_per_cpu_or_never") {
+  auto c = parse({"--max-bytes-per-uid", "0", "--max-objects-per-uid", "0", "--pretouch-threads", "0",
+                  "--cuda-copy-timeout-ms", "0", "--cuda-linger-us", "0", "--pool-size", "0"});
+  REQUIRE_MESSAGE(c.has_value(), c.error().message);
+  CHECK(c->max_bytes_per_uid == 0);
+  CHECK(c->max_objects_per_uid == 0);
+  CHECK(c->pretouch_threads == 0);
+  CHECK(c->cuda_copy_timeout_ms == 0);
+  CHECK(c->cuda_linger_us == 0);
+  CHECK(c->pool_size == 0);
+}
+
+TEST_CASE("each_numeric_key_takes_both_ends_of_its_range_and_refuses_one_past_them") {
+  struct Row {
+    std::string key;
+    std::string min, max;                    // the ends, as written
+    std::optional<std::string> below, above;  // one past each end, where the type allows one
+    std::uint64_t (*field)(const Config&);
+    std::uint64_t min_value, max_value;
+  };
+  const std::vector<Row> rows = {
+      {"pool-size", "0", "16777215T", std::nullopt, "16777216T", [](const Config& c) { return c.pool_size; }, 0,
+       std::uint64_t{16777215} << 40},
+      {"segment-size", "1M", "16777215T", "1020K", "16777216T", [](const Config& c) { return c.segment_size; },
+       kMiB, std::uint64_t{16777215} << 40},
+      {"max-object-size", "1", "16777215T", "0", "16777216T", [](const Config& c) { return c.max_object_size; }, 1,
+       std::uint64_t{16777215} << 40},
+      {"max-bytes-per-uid", "0", "16777215T", std::nullopt, "16777216T",
+       [](const Config& c) { return c.max_bytes_per_uid; }, 0, std::uint64_t{16777215} << 40},
+      {"max-objects", "1", "4294967295", "0", "4294967296",
+       [](const Config& c) { return std::uint64_t{c.max_objects}; }, 1, 4294967295},
+      {"max-connections", "1", "4294967295", "0", "4294967296",
+       [](const Config& c) { return std::uint64_t{c.max_connections}; }, 1, 4294967295},
+      {"max-connections-per-uid", "1", "4294967295", "0", "4294967296",
+       [](const Config& c) { return std::uint64_t{c.max_connections_per_uid}; }, 1, 4294967295},
+      {"max-objects-per-uid", "0", "4294967295", std::nullopt, "4294967296",
+       [](const Config& c) { return std::uint64_t{c.max_objects_per_uid}; }, 0, 4294967295},
+      {"pretouch-threads", "0", "1024", std::nullopt, "1025",
+       [](const Config& c) { return std::uint64_t{c.pretouch_threads}; }, 0, 1024},
+      {"write-timeout-ms", "1", "3600000", "0", "3600001",
+       [](const Config& c) { return std::uint64_t{c.write_timeout_ms}; }, 1, 3600000},
+      {"hello-timeout-ms", "100", "600000", "99", "600001",
+       [](const Config& c) { return std::uint64_t{c.hello_timeout_ms}; }, 100, 600000},
+      {"housekeeping-ms", "10", "60000", "9", "60001",
+       [](const Config& c) { return std::uint64_t{c.housekeeping_ms}; }, 10, 60000},
+      {"cuda-handle-cache", "1", "4096", "0", "4097",
+       [](const Config& c) { return std::uint64_t{c.cuda_handle_cache}; }, 1, 4096},
+      {"cuda-copy-timeout-ms", "0", "3600000", std::nullopt, "3600001",
+       [](const Config& c) { return std::uint64_t{c.cuda_copy_timeout_ms}; }, 0, 3600000},
+      {"cuda-linger-us", "0", "100000", std::nullopt, "100001",
+       [](const Config& c) { return std::uint64_t{c.cuda_linger_us}; }, 0, 100000},
+  };
+  for (const Row& row : rows) {
+    CAPTURE(row.key);
+    // A pool of 0 keeps segment-size as given (a smaller pool shrinks it).
+    const auto with = [&](const std::string& value) {
+      std::vector<std::string> args{"--" + row.key, value};
+      if (row.key == "segment-size") args.insert(args.end(), {"--pool-size", "0"});
+      return parse(args);
+    };
+    auto low = with(row.min);
+    REQUIRE_MESSAGE(low.has_value(), low.error().message);
+    CHECK(row.field(*low) == row.min_value);
+    auto high = with(row.max);
+    REQUIRE_MESSAGE(high.has_value(), high.error().message);
+    CHECK(row.field(*high) == row.max_value);
+    if (row.below) check_refused_naming({"--" + row.key, *row.below}, row.key);
+    if (row.above) check_refused_naming({"--" + row.key, *row.above}, row.key);
+  }
+}
+
+TEST_CASE("sizes_take_the_suffixes_b_k_kib_m_mib_g_gib_t_tib_and_nothing_else") {
+  const std::vector<std::pair<std::string, std::uint64_t>> sizes = {
+      {"4096", 4096},          {"4096B", 4096},           {"4K", 4096},
+      {"4KiB", 4096},          {"4k", 4096},              {"3M", 3 * kMiB},
+      {"3MiB", 3 * kMiB},      {"2G", std::uint64_t{2} << 30}, {"2GiB", std::uint64_t{2} << 30},
+      {"1T", std::uint64_t{1} << 40}, {"1TiB", std::uint64_t{1} << 40}};
+  for (const auto& [text, bytes] : sizes) {
+    CAPTURE(text);
+    auto c = parse({"--max-bytes-per-uid", text});
+    REQUIRE_MESSAGE(c.has_value(), c.error().message);
+    CHECK(c->max_bytes_per_uid == bytes);
+  }
+  for (const char* text : {"4KB", "4m", "4P", "4 K", "K", "4KK"}) {
+    CAPTURE(text);
+    check_refused_naming({"--max-bytes-per-uid", text}, "max-bytes-per-uid");
+  }
+}
+
+TEST_CASE("a_segment_size_that_is_not_a_whole_number_of_pages_is_refused_naming_the_fix") {
+  auto c = parse({"--segment-size", "1025K"});
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().message ==
+        "segment-size: 1025K is not a multiple of 4K (segments are mapped in whole pages); use 1M or more, a "
+        "multiple of 4K");
+  auto small = parse({"--segment-size", "512K"});
+  REQUIRE_FALSE(small.has_value());
+  CHECK(small.error().message ==
+        "segment-size: 512K is below the minimum of 1M (every client maps each segment on its own); use 1M or more");
+}
+
+TEST_CASE("socket_mode_takes_only_octal_digits_up_to_0777") {
+  for (const auto& [text, mode] :
+       std::vector<std::pair<std::string, std::uint32_t>>{{"0", 0}, {"0777", 0777}, {"660", 0660}, {"0600", 0600}}) {
+    CAPTURE(text);
+    auto c = parse({"--socket-mode", text});
+    REQUIRE_MESSAGE(c.has_value(), c.error().message);
+    CHECK(c->socket_mode == mode);
+  }
+  for (const char* text : {"-1", "+0660", " 0660", "0660 ", "01000", "1000", "0x1ff", "0668", ""}) {
+    CAPTURE(text);
+    check_refused_naming({"--socket-mode", text}, "socket-mode");
+  }
+}
+
+TEST_CASE("hello_timeout_defaults_to_10_s_and_takes_100_ms_to_10_min_from_a_flag_or_the_file") {
+  auto defaults = parse({});
+  REQUIRE(defaults.has_value());
+  CHECK(defaults->hello_timeout_ms == 10000);
+  CHECK(describe(*defaults).find("write-timeout-ms = 5000\nhello-timeout-ms = 10000\n") != std::string::npos);
+  auto flag = parse({"--hello-timeout-ms", "250"});
+  REQUIRE_MESSAGE(flag.has_value(), flag.error().message);
+  CHECK(flag->hello_timeout_ms == 250);
+  TempFile file("hello-timeout-ms = 600000\n");
+  auto from_file = parse({"--config", file.path});
+  REQUIRE_MESSAGE(from_file.has_value(), from_file.error().message);
+  CHECK(from_file->hello_timeout_ms == 600000);
+  auto too_short = parse({"--hello-timeout-ms", "99"});
+  REQUIRE_FALSE(too_short.has_value());
+  CHECK(too_short.error().message ==
+        "hello-timeout-ms: 99 is below the minimum of 100 (a client on a busy host needs time to send Hello); use "
+        "100..600000");
+  check_refused_naming({"--hello-timeout-ms", "600001"}, "hello-timeout-ms");
+}
+
+TEST_CASE("a_config_file_that_names_another_config_file_is_refused") {
+  TempFile other("pool-size = 2G\n");
+  TempFile file("instance = nested\nconfig = " + other.path + "\n");
+  auto c = parse({"--config", file.path});
+  REQUIRE_FALSE(c.has_value());
+  CHECK(c.error().code == Errc::invalid_argument);
+  CHECK(c.error().message == "config: a config file cannot name another config file ('" + other.path +
+                                 "'); put the keys in one file or pass --config once");
+}
+
+TEST_CASE("shm_dir_is_refused_as_a_flag_or_in_a_config_file_saying_that_segments_are_memfd_files") {
+  const std::string expected =
+      "shm-dir: tensorshmd no longer places segments in a directory (they are anonymous memory files, memfd, that "
+      "no other process can name or delete); remove this key";
+  auto flag = parse({"--shm-dir", "/dev/shm"});
+  REQUIRE_FALSE(flag.has_value());
+  CHECK(flag.error().code == Errc::invalid_argument);
+  CHECK(flag.error().message == expected);
+  TempFile file("shm-dir = /dev/shm\n");
+  auto from_file = parse({"--config", file.path});
+  REQUIRE_FALSE(from_file.has_value());
+  CHECK(from_file.error().message == expected);
+  auto defaults = parse({});
+  REQUIRE(defaults.has_value());
+  CHECK(describe(*defaults).find("shm-dir") == std::string::npos);
+}
+
+TEST_CASE("the_shipped_config_file_states_exactly_the_built_in_defaults") {
+  // systemd/tensorshmd.conf, found from this file's path (the build passes absolute source paths).
+  const std::string here = __FILE__;
+  const std::string conf = here.substr(0, here.rfind("tests/cpp/")) + "systemd/tensorshmd.conf";
+  REQUIRE_MESSAGE(std::ifstream(conf).good(), "cannot read ", conf);
+  ScopedEnv env("TENSORSHM_SOCKET", nullptr);
+  auto shipped = parse({"--config", conf, "--socket", "/tmp/same.sock"});
+  REQUIRE_MESSAGE(shipped.has_value(), shipped.error().message);
+  auto defaults = parse({"--socket", "/tmp/same.sock"});
+  REQUIRE(defaults.has_value());
+  CHECK(describe(*shipped) == describe(*defaults));
+}
+
 TEST_CASE("help_documents_every_key") {
   std::string help;
   auto c = parse({"--help"}, &help);
   REQUIRE(c.has_value());
   for (const char* key : {"--socket", "--instance", "--pool-size", "--segment-size", "--max-object-size",
-                          "--config", "--log-level", "--shm-dir", "TENSORSHM_SOCKET"})
+                          "--config", "--log-level", "--write-timeout-ms", "--hello-timeout-ms", "TENSORSHM_SOCKET"})
     CHECK_MESSAGE(help.find(key) != std::string::npos, key);
+  CHECK(help.find("--shm-dir") == std::string::npos);  // parsed only to be refused
 }
 
 }  // namespace

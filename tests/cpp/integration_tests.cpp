@@ -93,7 +93,7 @@ TEST_CASE("a_tensor_put_by_one_process_is_read_by_another_through_a_read_only_ma
   CHECK(field(get_lines[1], "nbytes") == std::to_string(n));
   CHECK(field(get_lines[1], "checksum") == expected_sum(n, 7));
   CHECK(field(get_lines[1], "readonly") == "1");
-  CHECK(field(get_lines[1], "path").starts_with("/dev/shm/tensorshm." + d.instance() + ".p"));
+  CHECK(field(get_lines[1], "path").starts_with("/memfd:tensorshm." + d.instance() + ".p"));  // not a name anyone can open
 
   // This process reads the same bytes in place, from its own read-only mapping
   // of the segment, mapped once and shared by its gets.
@@ -102,7 +102,7 @@ TEST_CASE("a_tensor_put_by_one_process_is_read_by_another_through_a_read_only_ma
   CHECK(checksum(o.data(), o.nbytes()) == pattern_checksum(n, 7));
   const auto m = mapping_of(o.data());
   CHECK(m.read_only_shared());
-  CHECK(m.path.starts_with("/dev/shm/tensorshm." + d.instance() + ".p"));
+  CHECK(m.path.starts_with("/memfd:tensorshm." + d.instance() + ".p"));
   auto again = c.get("handoff/frame");
   CHECK(again.data() == o.data());
   CHECK(c.stats().leases == 2);
@@ -411,7 +411,9 @@ TEST_CASE("a_forked_child_reconnects_and_works_while_the_parent_keeps_its_lease"
   CHECK(c.stats().leases == 2);
 }
 
-// ---- segments in /dev/shm --------------------------------------------------------------
+// ---- segments: memory files of the daemon -------------------------------------------------
+// d.shm_files() lists the segments the daemon holds open, and any file of the
+// instance in /dev/shm (there should never be one).
 
 TEST_CASE("an_object_larger_than_a_pool_segment_gets_a_dedicated_segment_whose_file_goes_with_it") {
   Daemon d(Daemon::Options{{"--segment-size", "16M"}});
@@ -428,6 +430,7 @@ TEST_CASE("an_object_larger_than_a_pool_segment_gets_a_dedicated_segment_whose_f
   for (const auto& f : files)
     if (std::find(files_before.begin(), files_before.end(), f) == files_before.end()) dedicated = f;
   CHECK(dedicated == "tensorshm." + d.instance() + ".d" + std::to_string(info.segment_id));
+  CHECK_FALSE(exists("/dev/shm/" + dedicated));
   auto s = c.stats();
   CHECK(s.dedicated_bytes >= n);
   CHECK(s.pool_used_bytes == 0);
@@ -437,19 +440,19 @@ TEST_CASE("an_object_larger_than_a_pool_segment_gets_a_dedicated_segment_whose_f
   REQUIRE(lines.size() == 2);
   CHECK(field(lines[1], "checksum") == expected_sum(n, 3));
   CHECK(field(lines[1], "readonly") == "1");
-  CHECK(field(lines[1], "path") == "/dev/shm/" + dedicated);
+  CHECK(field(lines[1], "path") == "/memfd:" + dedicated);
 
   Object held = c.get("huge");
   c.remove("huge");
-  CHECK(exists("/dev/shm/" + dedicated));
+  const auto while_held = d.shm_files();
+  CHECK(std::find(while_held.begin(), while_held.end(), dedicated) != while_held.end());
   CHECK(checksum(held.data(), held.nbytes()) == pattern_checksum(n, 3));
   held.release();                         // one-way: no reply to wait for
   CHECK(c.stats().dedicated_bytes == 0);  // a round trip after it: the release is done
-  CHECK_FALSE(exists("/dev/shm/" + dedicated));
   CHECK(d.shm_files() == files_before);
 }
 
-TEST_CASE("shutdown_leaves_no_file_of_the_instance_in_dev_shm_and_held_objects_stay_readable") {
+TEST_CASE("shutdown_leaves_no_segment_behind_and_held_objects_stay_readable") {
   Daemon d(Daemon::Options{{"--segment-size", "16M"}});
   auto c = d.connect();
   (void)put_pattern(c, "small", kMiB, 1);
@@ -457,7 +460,7 @@ TEST_CASE("shutdown_leaves_no_file_of_the_instance_in_dev_shm_and_held_objects_s
   Object small = c.get("small");
   Object huge = c.get("huge");
   Buffer open = c.create("never/sealed", dtypes::kUInt8, {4096});
-  CHECK(d.shm_files().size() >= 6);  // 4 pool segments, 1 dedicated, the lock
+  CHECK(d.shm_files().size() == 5);  // 4 pool segments, 1 dedicated
   CHECK(d.stop() == 0);
   CHECK(d.shm_files().empty());
   // The mappings outlive the daemon: what a reader holds stays readable.
@@ -471,7 +474,7 @@ TEST_CASE("a_sigterm_while_the_pool_is_being_reserved_still_removes_every_segmen
   // reserve; the signal arrives in the middle of it.
   Daemon d(Daemon::Options{{"--pool-size", "2G", "--segment-size", "64M", "--pretouch-threads", "1"}, "", false});
   const auto deadline = std::chrono::steady_clock::now() + kPatience;
-  while (d.shm_files().size() < 3 && std::chrono::steady_clock::now() < deadline)  // the lock and two segments
+  while (d.shm_files().size() < 2 && std::chrono::steady_clock::now() < deadline)  // two segments made
     std::this_thread::sleep_for(std::chrono::milliseconds(1));
   CHECK(d.stop() == 0);  // stop() also checks that no file of the instance is left
   CHECK(d.shm_files().empty());
@@ -491,31 +494,46 @@ TEST_CASE("a_stopping_daemon_wakes_a_client_waiting_in_get_instead_of_waiting_fo
   CHECK(outcome == static_cast<int>(Errc::daemon_unreachable));
 }
 
-TEST_CASE("a_stale_segment_of_the_instance_is_swept_at_start") {
+TEST_CASE("files_planted_under_the_instances_names_in_dev_shm_are_neither_used_nor_touched") {
+  // Segments are memory files nobody can name: what anyone leaves or plants
+  // in /dev/shm under the instance's names (a segment, the old lock, a link)
+  // neither stops the daemon nor is written by it.
   const std::string instance = unique_instance();
-  const std::string stale_pool = "/dev/shm/tensorshm." + instance + ".p42";
-  const std::string stale_dedicated = "/dev/shm/tensorshm." + instance + ".d7";
-  std::ofstream(stale_pool) << "left by a crash";
-  std::ofstream(stale_dedicated) << "left by a crash";
-  REQUIRE(exists(stale_pool));
-  Daemon d(Daemon::Options{{}, instance});
-  CHECK_FALSE(exists(stale_pool));
-  CHECK_FALSE(exists(stale_dedicated));
-  CHECK(d.log().find("stale") != std::string::npos);
+  const std::string planted = "/dev/shm/tensorshm." + instance + ".p1";
+  const std::string old_lock = "/dev/shm/tensorshm." + instance + ".lock";
+  const std::string target = "/dev/shm/tshm-target-" + instance;
+  std::ofstream(planted) << "planted";
+  std::ofstream(target) << "untouched";
+  REQUIRE(::symlink(target.c_str(), old_lock.c_str()) == 0);
+  {
+    Daemon d(Daemon::Options{{"--segment-size", "16M"}, instance});
+    auto c = d.connect();
+    (void)put_pattern(c, "small", kMiB, 1);
+    (void)put_pattern(c, "huge", 20 * kMiB, 2);
+    auto o = c.get("huge");
+    CHECK(checksum(o.data(), o.nbytes()) == pattern_checksum(20 * kMiB, 2));
+    CHECK(read_file(planted) == "planted");
+    CHECK(read_file(target) == "untouched");
+    ::unlink(planted.c_str());  // before the fixture's check that the daemon left nothing in /dev/shm
+    ::unlink(old_lock.c_str());
+    CHECK(d.stop() == 0);
+  }
+  CHECK(read_file(target) == "untouched");
+  ::unlink(target.c_str());
 }
 
-TEST_CASE("a_second_daemon_on_the_same_instance_refuses_to_start") {
+TEST_CASE("a_second_daemon_with_the_same_instance_on_another_socket_serves_beside_the_first") {
+  // Instances only label memory files: they cannot collide.
   Daemon d;
-  const auto files = d.shm_files();
-  std::string out;
-  const int code = Daemon::run_to_exit({"--socket", d.dir() + "/second.sock", "--instance", d.instance(),
-                                        "--pool-size", "8M", "--pretouch-threads", "1"},
-                                       &out);
-  CHECK(code != 0);
-  CHECK(out.find("another tensorshmd") != std::string::npos);
-  CHECK(d.shm_files() == files);  // the first daemon's segments and lock are untouched
   auto c = d.connect();
-  (void)c.ping();
+  (void)put_pattern(c, "mine", 4096, 1);
+  Daemon other(Daemon::Options{{}, d.instance()});
+  auto c2 = other.connect();
+  (void)put_pattern(c2, "mine", 4096, 2);
+  auto a = c.get("mine");
+  auto b = c2.get("mine");
+  CHECK(checksum(a.data(), a.nbytes()) == pattern_checksum(4096, 1));
+  CHECK(checksum(b.data(), b.nbytes()) == pattern_checksum(4096, 2));
 }
 
 TEST_CASE("a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_nothing") {
@@ -525,7 +543,7 @@ TEST_CASE("a_second_daemon_on_the_same_socket_refuses_to_start_and_leaves_nothin
   const int code = Daemon::run_to_exit(
       {"--socket", d.socket_path(), "--instance", other, "--pool-size", "8M", "--pretouch-threads", "1"}, &out);
   CHECK(code != 0);
-  CHECK(out.find("already listens") != std::string::npos);
+  CHECK(out.find("another tensorshmd (pid " + std::to_string(d.pid()) + ") serves this socket") != std::string::npos);
   CHECK(shm_files_of(other).empty());
   auto c = d.connect();  // the socket still belongs to the first daemon
   (void)c.ping();

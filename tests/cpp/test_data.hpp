@@ -1,9 +1,10 @@
 // Shared by the tests and tshm_test_peer: the byte pattern both sides agree
 // on, its checksum, where a pointer lies in this process's mappings
-// (/proc/self/maps), and which files an instance has in /dev/shm.
+// (/proc/self/maps), and which segments (memory files) an instance holds.
 #pragma once
 
 #include <dirent.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cstddef>
@@ -66,16 +67,34 @@ inline MappingOf mapping_of(const void* p) {
   return {};
 }
 
-/// Files in /dev/shm whose name starts with "tensorshm.<instance>.", sorted.
-inline std::vector<std::string> shm_files_of(const std::string& instance) {
+/// The segments of an instance: the memory files "tensorshm.<instance>.*"
+/// that process `pid` holds open (0: this process, < 0: none), each once, and any file of
+/// that name in /dev/shm (tensorshm makes none there), sorted. A segment is a
+/// memfd: /proc/<pid>/fd shows it as "/memfd:<name> (deleted)".
+inline std::vector<std::string> shm_files_of(const std::string& instance, int pid = 0) {
   std::vector<std::string> out;
   const std::string prefix = "tensorshm." + instance + ".";
+  const std::string fds = pid > 0 ? "/proc/" + std::to_string(pid) + "/fd" : "/proc/self/fd";
+  if (DIR* d = pid < 0 ? nullptr : ::opendir(fds.c_str())) {
+    while (dirent* e = ::readdir(d)) {
+      char target[512];
+      const ssize_t n = ::readlink((fds + "/" + e->d_name).c_str(), target, sizeof target - 1);
+      if (n <= 0) continue;
+      std::string_view t(target, static_cast<std::size_t>(n));
+      if (!t.starts_with("/memfd:")) continue;
+      t.remove_prefix(7);
+      if (const auto cut = t.find(" (deleted)"); cut != std::string_view::npos) t = t.substr(0, cut);
+      if (t.starts_with(prefix)) out.emplace_back(t);
+    }
+    ::closedir(d);
+  }
   if (DIR* d = ::opendir("/dev/shm")) {
     while (dirent* e = ::readdir(d))
       if (std::string_view(e->d_name).starts_with(prefix)) out.emplace_back(e->d_name);
     ::closedir(d);
   }
   std::sort(out.begin(), out.end());
+  out.erase(std::unique(out.begin(), out.end()), out.end());
   return out;
 }
 

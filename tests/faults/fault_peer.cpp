@@ -12,7 +12,8 @@
 //                                     prints "MISMATCH ..." at once for any bad byte and
 //                                     "done key=value ..." at the end
 //   tshm_fault_peer frame KIND [ARG]  prints one encoded request frame as hex (hello,
-//                                     stats, get NAME, list PREFIX) for raw-socket tests
+//                                     stats, get NAME [TIMEOUT_MS], list PREFIX, release ID
+//                                     one-way) for raw-socket tests
 //
 // Commands (stdin):
 //   put NAME BYTES SEED [SHARE [TIMEOUT_MS]]     create (waiting up to TIMEOUT_MS for
@@ -24,9 +25,26 @@
 //   release                       drops every held lease
 //   mprotect                      tries to make the last held object's page writable
 //   delete NAME | stat NAME | list PREFIX | stats
-//   map SEGMENT WRITABLE          raw MapSegment; keeps a read-only mapping for `scan`
+//   map SEGMENT WRITABLE          raw MapSegment; keeps a read-only mapping for `scan`, and a
+//                                 writable one and the descriptor when it was granted writable
 //   scan SEED                     looks for the marker of SEED (the first 64 bytes a put
 //                                 or create of that seed writes) in the kept mappings
+//   scribble SEED                 writes the marker of SEED over every kept writable mapping
+//                                 (past the segment header): "ok mappings=N"
+//   truncate                      ftruncate(0) of every kept writable descriptor:
+//                                 "ok truncate=allowed|refused(ERRNO)"
+//   punch                         a hole punched in the first MiB of each: "ok punch=..."
+//   rawget NAME                   Get on the raw connection, keeping the descriptor that comes
+//                                 with it (dedicated segments): "ok fd_mode=ro|rw|none ..."
+//   fill PREFIX COUNT             puts COUNT empty objects named PREFIX + a number padded to
+//                                 255 bytes
+//   rawcreate NAME BYTES [SHARE]  CreateObject on the raw connection, keeping the descriptor of
+//                                 a dedicated segment (writable) as `map` keeps one; `rawseal`
+//                                 seals it
+//   layout NAME DTYPE SHAPE STRIDES  create + seal of an object of that layout (dtype: uint8,
+//                                 float32, ...; shape and strides comma lists, "-" for none)
+//   reopen                        tries to reopen the last kept descriptor read-write through
+//                                 /proc/self/fd: "ok reopen=allowed|refused(ERRNO)"
 //   open-shm PATH                 tries to open a /dev/shm file for reading and writing
 //   connections N                 opens N more connections and keeps them
 //   drop-connections | quit
@@ -36,6 +54,7 @@
 // try to map it from elsewhere.
 #include <fcntl.h>
 #include <sys/mman.h>
+#include <sys/stat.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -230,6 +249,81 @@ class Interactive {
              " segments=" + std::to_string(s.segments);
     }
     if (cmd == "map") return map(static_cast<std::uint32_t>(std::stoul(arg(1))), arg(2) == "1");
+    if (cmd == "scribble") {
+      const auto m = marker(std::stoull(arg(1)));
+      for (const KeptMapping& w : writable_)
+        for (std::size_t off = 4096; off + m.size() <= w.size; off += m.size())
+          std::memcpy(const_cast<std::byte*>(w.addr) + off, m.data(), m.size());
+      return "ok mappings=" + std::to_string(writable_.size());
+    }
+    if (cmd == "truncate" || cmd == "punch") {
+      if (fds_.empty()) throw std::invalid_argument(cmd + ": keep a writable descriptor first (map S 1, rawcreate)");
+      std::string outcome = "allowed";
+      for (int fd : fds_) {
+        const int rc = cmd == "truncate" ? ::ftruncate(fd, 0)
+                                         : ::fallocate(fd, FALLOC_FL_PUNCH_HOLE | FALLOC_FL_KEEP_SIZE, 0, 1 << 20);
+        if (rc != 0) outcome = std::string("refused(") + ::strerrorname_np(errno) + ")";
+      }
+      return "ok " + cmd + "=" + outcome + " fds=" + std::to_string(fds_.size());
+    }
+    if (cmd == "rawget") {
+      Fds fds;
+      wire::GetT req;
+      req.name = arg(1);
+      auto r = raw_call(std::move(req), fds.v);
+      const auto& obj = *r->body.AsGetReply()->object;
+      std::string mode = "none";
+      if (!fds.v.empty()) {
+        const int m = ::fcntl(fds.v[0], F_GETFL) & O_ACCMODE;
+        mode = m == O_RDONLY ? "ro" : m == O_RDWR ? "rw" : "other";
+        struct stat st{};
+        (void)::fstat(fds.v[0], &st);
+        keep(fds.v, static_cast<std::size_t>(st.st_size), false);
+      }
+      return "ok fd_mode=" + mode + " segment=" + std::to_string(obj.segment_id) + " object=" +
+             std::to_string(obj.object_id);
+    }
+    if (cmd == "fill") {
+      const long count = std::stol(arg(2));
+      for (long i = 0; i < count; ++i) {
+        std::string name = arg(1) + std::to_string(i);
+        name.append(kMaxNameBytes - name.size(), 'x');
+        (void)client_.put(name, HostView{nullptr, dtypes::kUInt8, {0}, {}});
+      }
+      return "ok filled=" + std::to_string(count);
+    }
+    if (cmd == "reopen") {
+      if (fds_.empty()) throw std::invalid_argument("reopen: keep a descriptor first");
+      const int fd = ::open(("/proc/self/fd/" + std::to_string(fds_.back())).c_str(), O_RDWR | O_CLOEXEC);
+      if (fd < 0) return std::string("ok reopen=refused(") + ::strerrorname_np(errno) + ")";
+      ::close(fd);
+      return "ok reopen=allowed";
+    }
+    if (cmd == "rawcreate") return raw_create(arg(1), std::stoull(arg(2)), a.size() > 3 ? parse_share(a[3]) : Share::owner);
+    if (cmd == "rawseal") {
+      wire::SealT req;
+      req.object_id = raw_open_;
+      Fds none;
+      return "ok version=" + std::to_string(raw_call(std::move(req), none.v)->body.AsSealReply()->object->version);
+    }
+    if (cmd == "layout") {
+      const auto list = [](const std::string& s) {
+        std::vector<std::int64_t> v;
+        if (s == "-") return v;
+        std::istringstream in(s);
+        for (std::string x; std::getline(in, x, ',');) v.push_back(std::stoll(x));
+        return v;
+      };
+      const std::string dt = arg(2);
+      const DType dtype = dt == "float32" ? dtypes::kFloat32 : dt == "float64" ? dtypes::kFloat64 : dtypes::kUInt8;
+      CreateOptions opt;
+      opt.strides = list(arg(4));
+      const auto shape = list(arg(3));
+      Buffer b = client_.create(arg(1), dtype, shape, opt);
+      if (b.nbytes() > 0) std::memset(b.data(), 7, b.nbytes());
+      const auto info = b.seal();
+      return "ok version=" + std::to_string(info.version) + " nbytes=" + std::to_string(info.nbytes);
+    }
     if (cmd == "scan") {
       const auto needle = marker(std::stoull(arg(1)));
       for (const KeptMapping& m : mappings_)
@@ -266,40 +360,85 @@ class Interactive {
   // MapSegment over a raw connection: what descriptor does the daemon hand
   // out, and can it be mapped writable?
   std::string map(std::uint32_t segment, bool writable) {
-    std::vector<int> fds;
-    struct Closer {
-      std::vector<int>& f;
-      ~Closer() {
-        for (int d : f) io::close_fd(d);
-      }
-    } closer{fds};
+    Fds fds;
     wire::MapSegmentT req;
     req.segment_id = segment;
     req.writable = writable;
+    auto r = raw_call(std::move(req), fds.v);
+    const auto* rep = r->body.AsMapSegmentReply();
+    if (rep == nullptr || !rep->segment || fds.v.size() != 1)
+      throw Exception(Errc::protocol_error, "MapSegment reply without exactly one descriptor");
+    const int mode = ::fcntl(fds.v[0], F_GETFL) & O_ACCMODE;
+    const std::size_t size = rep->segment->size;
+    void* w = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds.v[0], 0);
+    const std::string mmap_write = w == MAP_FAILED ? std::string("refused(") + ::strerrorname_np(errno) + ")" : "allowed";
+    if (w != MAP_FAILED) ::munmap(w, size);
+    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fds.v[0], 0);
+    if (p != MAP_FAILED) mappings_.push_back(KeptMapping{static_cast<const std::byte*>(p), size});
+    keep(fds.v, size, mode == O_RDWR);
+    return std::string("ok fd_mode=") + (mode == O_RDONLY ? "ro" : mode == O_RDWR ? "rw" : "other") +
+           " size=" + std::to_string(size) + " mmap_write=" + mmap_write;
+  }
+
+  // Keeps the descriptor (taken from `fds`) and, when writable, a writable
+  // mapping of it: what an attacker holds on to.
+  void keep(std::vector<int>& fds, std::size_t size, bool writable) {
+    const int fd = fds[0];
+    fds.clear();
+    fds_.push_back(fd);
+    if (!writable) return;
+    void* w = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0);
+    if (w != MAP_FAILED) writable_.push_back(KeptMapping{static_cast<const std::byte*>(w), size});
+  }
+
+  std::string raw_create(const std::string& name, std::uint64_t bytes, Share share) {
+    Fds fds;
+    wire::CreateObjectT req;
+    req.name = name;
+    req.dtype = std::make_unique<wire::DType>(proto::to_wire(dtypes::kUInt8));
+    req.shape = {static_cast<std::int64_t>(bytes)};
+    req.share = static_cast<wire::Share>(share);
+    auto r = raw_call(std::move(req), fds.v);
+    const auto& obj = *r->body.AsCreateObjectReply()->object;
+    raw_open_ = obj.object_id;
+    std::string out = "ok id=" + std::to_string(obj.object_id) + " segment=" + std::to_string(obj.segment_id) +
+                      " fds=" + std::to_string(fds.v.size());
+    if (!fds.v.empty()) {
+      struct stat st{};
+      (void)::fstat(fds.v[0], &st);
+      keep(fds.v, static_cast<std::size_t>(st.st_size), true);
+    }
+    return out;
+  }
+
+  // Descriptors a raw request brought, closed unless kept.
+  struct Fds {
+    std::vector<int> v;
+    ~Fds() {
+      for (int d : v) io::close_fd(d);
+    }
+  };
+
+  // One request on the client's own connection, bypassing the client's
+  // checks; the reply's descriptors go to `fds`.
+  template <class T>
+  std::unique_ptr<proto::Message> raw_call(T&& body, std::vector<int>& fds) {
     wire::BodyUnion u;
-    u.Set(std::move(req));
+    u.Set(std::forward<T>(body));
     detail::Connection& conn = client_.connection();
     auto lk = conn.lock();
     auto r = conn.call_locked(u, &fds);
     if (!r) throw Exception(r.error());
-    const auto* rep = (*r)->body.AsMapSegmentReply();
-    if (rep == nullptr || !rep->segment || fds.size() != 1)
-      throw Exception(Errc::protocol_error, "MapSegment reply without exactly one descriptor");
-    const int mode = ::fcntl(fds[0], F_GETFL) & O_ACCMODE;
-    const std::size_t size = rep->segment->size;
-    void* w = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_SHARED, fds[0], 0);
-    const std::string mmap_write = w == MAP_FAILED ? std::string("refused(") + ::strerrorname_np(errno) + ")" : "allowed";
-    if (w != MAP_FAILED) ::munmap(w, size);
-    void* p = ::mmap(nullptr, size, PROT_READ, MAP_SHARED, fds[0], 0);
-    if (p != MAP_FAILED) mappings_.push_back(KeptMapping{static_cast<const std::byte*>(p), size});
-    return std::string("ok fd_mode=") + (mode == O_RDONLY ? "ro" : mode == O_RDWR ? "rw" : "other") +
-           " size=" + std::to_string(size) + " mmap_write=" + mmap_write;
+    return std::move(*r);
   }
 
   Client client_;
   Buffer open_;
   std::vector<Held> held_;
   std::vector<KeptMapping> mappings_;
+  std::vector<KeptMapping> writable_;  // writable mappings kept (map S 1, rawcreate)
+  std::vector<int> fds_;               // descriptors kept
+  std::uint64_t raw_open_ = 0;         // the object of the last rawcreate
   std::vector<Client> extra_;
 };
 
@@ -462,13 +601,19 @@ int print_frame(int argc, char** argv) {
   } else if (kind == "get") {
     wire::GetT m;
     m.name = arg;
+    if (argc > 4) m.timeout_ms = std::stoll(argv[4]);
     f = proto::encode(std::move(m), 3);
+  } else if (kind == "release") {
+    wire::ReleaseT m;
+    m.object_id = std::stoull(arg);
+    m.no_reply = true;
+    f = proto::encode(std::move(m), 5);
   } else if (kind == "list") {
     wire::ListT m;
     m.prefix = arg;
     f = proto::encode(std::move(m), 4);
   } else {
-    std::fprintf(stderr, "frame: hello | stats | get NAME | list PREFIX\n");
+    std::fprintf(stderr, "frame: hello | stats | get NAME [TIMEOUT_MS] | list PREFIX | release ID\n");
     return 2;
   }
   std::string hex;

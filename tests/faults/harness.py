@@ -5,8 +5,9 @@ docs/reliability.md reports.
 
 Binaries come from $TENSORSHMD, $TENSORSHMCTL and $TSHM_FAULT_PEER (CTest sets
 them) or from build/. Every daemon gets a unique --instance, so its segments are
-/dev/shm/tensorshm.<instance>.*, and is stopped (or its leftovers removed) when
-the test ends.
+the memory files tensorshm.<instance>.* it holds open (memfd: /proc/<pid>/fd
+shows them as "/memfd:<name> (deleted)"; nothing of theirs is in /dev/shm), and
+is stopped when the test ends.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import re
 import select
 import signal
 import socket
+import struct
 import subprocess
 import time
 from pathlib import Path
@@ -97,10 +99,28 @@ def unique_instance(tag: str) -> str:
     return f"{tag}{os.getpid()}x{_counter}"
 
 
-def shm_files(instance: str) -> dict[str, int]:
-    """{name: inode} of the instance's files in /dev/shm."""
+def shm_files(instance: str, pid: int | None = None) -> dict[str, int]:
+    """{name: inode} of the instance's segments: the memory files process `pid`
+    (its daemon) holds open, and any file of the instance in /dev/shm, where
+    tensorshm makes none."""
     prefix = f"tensorshm.{instance}."
     out = {}
+    if pid is not None:
+        fds = Path(f"/proc/{pid}/fd")
+        try:
+            entries = list(os.scandir(fds))
+        except (FileNotFoundError, ProcessLookupError):
+            entries = []
+        for e in entries:
+            try:
+                target = os.readlink(e.path)
+                if not target.startswith("/memfd:"):
+                    continue
+                name = target[len("/memfd:"):].removesuffix(" (deleted)")
+                if name.startswith(prefix):
+                    out[name] = os.stat(e.path).st_ino
+            except (FileNotFoundError, ProcessLookupError):
+                pass
     for e in os.scandir(SHM):
         if e.name.startswith(prefix):
             try:
@@ -160,6 +180,10 @@ class Daemon:
         assert rc == 0, f"tensorshmd exited with {rc} on SIGTERM:\n{self.log_tail()}"
         left = shm_files(self.instance)
         assert not left, f"tensorshmd left {sorted(left)} in /dev/shm"
+
+    def segments(self) -> dict[str, int]:
+        """{name: inode} of the segments (memory files) the running daemon holds."""
+        return shm_files(self.instance, self.pid if self.proc is not None and self.proc.poll() is None else None)
 
     def kill9(self) -> None:
         self.proc.send_signal(signal.SIGKILL)
@@ -223,7 +247,10 @@ class Daemon:
         return out
 
     def ctl(self, *args: str, check: bool = True) -> str:
-        r = subprocess.run([tensorshmctl(), "--socket", self.sock, *args], capture_output=True, text=True, timeout=60)
+        # The test trusts the daemon it started, whoever it runs as.
+        env = dict(os.environ, TENSORSHM_DAEMON_UID=str(os.stat(f"/proc/{self.pid}").st_uid))
+        r = subprocess.run([tensorshmctl(), "--socket", self.sock, *args], capture_output=True, text=True, timeout=60,
+                           env=env)
         if check and r.returncode != 0:
             raise AssertionError(f"tensorshmctl {' '.join(args)} failed ({r.returncode}): {r.stdout}{r.stderr}")
         return r.stdout
@@ -254,9 +281,21 @@ class Daemon:
 class Peer:
     """A tshm_fault_peer process in interactive mode (or any mode: `args`)."""
 
-    def __init__(self, daemon: Daemon, *, args: Sequence[str] = (), user=None, stdout=subprocess.PIPE):
-        """`user`: None (this process's uid), a (uid, gid) pair, or anything with .uid and .gid."""
-        env = dict(os.environ, TENSORSHM_SOCKET=daemon.sock)
+    def __init__(self, daemon: Daemon | None, *, args: Sequence[str] = (), user=None, stdout=subprocess.PIPE,
+                 env: dict[str, str | None] | None = None):
+        """`user`: None (this process's uid), a (uid, gid) pair, or anything with .uid and .gid.
+        `daemon`: the daemon whose socket TENSORSHM_SOCKET names (None: left unset, so that the
+        client finds its default socket). `env`: more variables; None as a value removes one."""
+        env_vars = dict(os.environ)
+        env_vars.pop("TENSORSHM_SOCKET", None)
+        if daemon is not None:
+            env_vars["TENSORSHM_SOCKET"] = daemon.sock
+        for k, v in (env or {}).items():
+            if v is None:
+                env_vars.pop(k, None)
+            else:
+                env_vars[k] = v
+        env = env_vars
         wrapper = []
         if user is not None:
             uid, gid = (user.uid, user.gid) if hasattr(user, "uid") else user
@@ -315,11 +354,16 @@ class Peer:
         return self.proc.wait(timeout=60)
 
 
-def frame_hex(kind: str, arg: str | None = None) -> bytes:
-    """An encoded request frame (hello, stats, get NAME, list PREFIX)."""
-    out = subprocess.run([fault_peer(), "frame", kind, *([arg] if arg else [])], capture_output=True, text=True,
+def frame_hex(kind: str, *args: str) -> bytes:
+    """An encoded request frame (hello, stats, get NAME [TIMEOUT_MS], list PREFIX, release ID)."""
+    out = subprocess.run([fault_peer(), "frame", kind, *args], capture_output=True, text=True,
                          check=True, timeout=30)
     return bytes.fromhex(out.stdout.strip())
+
+
+def frame_header(type_: int, length: int, request_id: int = 1, version: int = 1) -> bytes:
+    """A bare frame header (protocol.hpp): magic "TSHM", version, type, payload length, request id."""
+    return struct.pack("<IHHII", 0x4D485354, version, type_, length, request_id)
 
 
 def raw_socket(daemon: Daemon) -> socket.socket:

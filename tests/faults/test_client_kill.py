@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 import time
 
-from harness import Daemon, Peer, record, shm_files, wait_until
+from harness import Daemon, Peer, record, wait_until
 
 SEGMENT = 16 << 20
 DEDICATED = 20 << 20  # above a pool segment: a segment of its own
@@ -31,7 +31,7 @@ def bystander_unchanged(b: Peer, put: dict) -> bool:
 def test_a_client_killed_mid_create_leaves_no_open_create_and_no_pool_bytes(daemons, peers):
     d, b, put = start_with_bystander(daemons, peers)
     base = d.quiet(clients=1, leases=1)
-    files = shm_files(d.instance)
+    files = d.segments()
     kills = leaked = 0
     for i in range(12):
         size = DEDICATED if i % 3 == 2 else 3_000_000
@@ -43,7 +43,7 @@ def test_a_client_killed_mid_create_leaves_no_open_create_and_no_pool_bytes(daem
         after = d.quiet(clients=1, leases=1)
         leaked += after["pool_used_bytes"] != base["pool_used_bytes"]
         leaked += after["dedicated_bytes"] != 0
-        leaked += shm_files(d.instance) != files
+        leaked += d.segments() != files
     assert leaked == 0
     assert not [n for n in d.names() if n.startswith("victim/")], "an unsealed create became visible"
     assert bystander_unchanged(b, put)
@@ -101,7 +101,7 @@ def test_a_client_killed_while_waiting_in_get_is_forgotten_and_puts_go_on(daemon
 def test_clients_killed_at_random_points_of_random_work_leave_nothing_behind(daemons, peers, workdir):
     d, b, put = start_with_bystander(daemons, peers)
     base = d.quiet(clients=1, leases=1)
-    files = shm_files(d.instance)
+    files = d.segments()
     fds = d.fds_stable()
     rng = random.Random(11)
     kills = 0
@@ -123,7 +123,7 @@ def test_clients_killed_at_random_points_of_random_work_leave_nothing_behind(dae
             d.ctl("rm", name)
     end = d.quiet(clients=1, leases=1)
     leaked = (end["pool_used_bytes"] != base["pool_used_bytes"]) + (end["dedicated_bytes"] != 0) + \
-        (end["versions"] != base["versions"]) + (shm_files(d.instance) != files) + (d.fds_settled(fds) != fds)
+        (end["versions"] != base["versions"]) + (d.segments() != files) + (d.fds_settled(fds) != fds)
     assert mismatches == 0
     assert leaked == 0, f"after {kills} kills: {base} -> {end}"
     assert bystander_unchanged(b, put)

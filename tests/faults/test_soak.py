@@ -14,7 +14,7 @@ import random
 import time
 from pathlib import Path
 
-from harness import Peer, parse, record, shm_files, wait_until
+from harness import Peer, parse, record, wait_until
 
 CLIENTS = int(os.environ.get("TSHM_SOAK_CLIENTS", "256"))
 SECONDS = float(os.environ.get("TSHM_SOAK_SECONDS", "45"))
@@ -86,7 +86,7 @@ def settle(d) -> dict:
 
 def test_a_soak_with_hundreds_of_clients_some_killed_loses_and_leaks_nothing(daemons, workdir):
     d = daemons(pool="256M", segment="8M", args=["--max-connections", "4096"]).start()
-    idle_files = shm_files(d.instance)
+    idle_files = d.segments()
     start_mem = d.memory_kib()
     # A shorter warm-up round of the same kind lets malloc reach the size it
     # keeps after a peak of a few hundred connections (about 15 MiB for 256,
@@ -102,7 +102,7 @@ def test_a_soak_with_hundreds_of_clients_some_killed_loses_and_leaks_nothing(dae
     r = run_round(d, workdir, "soak", CLIENTS, SECONDS, kill=True)
     end = settle(d)
     end_mem = d.memory_kib()
-    end_files = shm_files(d.instance)
+    end_files = d.segments()
     end_fds = d.fds_settled(idle_fds)
     leaked_segments = len(set(end_files.items()) ^ set(idle_files.items()))
     growth = end_mem["RssAnon"] - idle_mem["RssAnon"]

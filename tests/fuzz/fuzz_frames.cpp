@@ -65,20 +65,14 @@ namespace proto = tensorshm::protocol;
 
 // ---- the daemon side: one small pool for the whole run ----------------------
 
+// Its segments are memory files: nothing is left behind however the run
+// ends (crash, timeout, -runs).
 struct World {
   Config config;
   std::unique_ptr<Pool> pool;
-  std::size_t segments_swept = 0;
 };
 
 World* g_world = nullptr;
-
-// Unlinks the names of this process's segments: the mappings stay valid, and
-// nothing is left in /dev/shm however the run ends (crash, timeout, -runs).
-void unlink_segment_names(World& w) {
-  (void)sweep_stale_segments(w.config.shm_dir, segment_prefix(w.config), "");
-  w.segments_swept = w.pool->segment_count();
-}
 
 World* make_world() {
   auto* w = new World;
@@ -95,7 +89,6 @@ World* make_world() {
   auto pool = Pool::create(c);
   if (!pool) finding("cannot create the fuzzing pool: " + pool.error().message);
   w->pool = std::move(*pool);
-  unlink_segment_names(*w);
   return w;
 }
 
@@ -126,7 +119,8 @@ void check_mappable_by(const Pool& pool, const Object& o, const Caller& c) {
 
 void release_all(Registry& reg, Peer& p) {
   for (auto [id, count] : p.leases)
-    for (std::uint32_t i = 0; i < count; ++i) FUZZ_CHECK(reg.unlease(id).has_value(), "a held lease was not leased");
+    for (std::uint32_t i = 0; i < count; ++i)
+      FUZZ_CHECK(reg.unlease(p.caller, id).has_value(), "a held lease was not leased");
   p.leases.clear();
   for (auto id : p.open) FUZZ_CHECK(reg.abort(p.caller, id).has_value(), "an open create could not be aborted");
   p.open.clear();
@@ -191,7 +185,7 @@ void serve(World& w, Registry& reg, Peer& p, proto::Message& msg) {
       if (!r) break;
       FUZZ_CHECK((*r)->sealed && (*r)->version > m.newer_than, "get returned an unsealed or too old version");
       check_mappable_by(*w.pool, **r, c);
-      reg.lease(**r);
+      if (!reg.lease(c, **r)) break;  // over the uid's limits: refused, nothing held
       ++p.leases[(*r)->id];
       break;
     }
@@ -200,7 +194,7 @@ void serve(World& w, Registry& reg, Peer& p, proto::Message& msg) {
       auto it = p.leases.find(id);
       if (it == p.leases.end()) break;  // the session refuses it before the registry sees it
       if (--it->second == 0) p.leases.erase(it);
-      FUZZ_CHECK(reg.unlease(id).has_value(), "a lease the connection held was unknown to the registry");
+      FUZZ_CHECK(reg.unlease(c, id).has_value(), "a lease the connection held was unknown to the registry");
       break;
     }
     case wire::Body::Delete:
@@ -208,10 +202,15 @@ void serve(World& w, Registry& reg, Peer& p, proto::Message& msg) {
       break;
     case wire::Body::List: {
       auto& m = *b.AsList();
-      if (m.prefix.size() > kMaxNameBytes) break;
+      if (m.prefix.size() > kMaxNameBytes || m.start_after.size() > kMaxNameBytes) break;
       const std::uint32_t limit = m.limit == 0 ? proto::kMaxListLimit : std::min(m.limit, proto::kMaxListLimit);
       bool truncated = false;
-      for (const Object* o : reg.list(c, m.prefix, limit, &truncated)) check_mappable_by(*w.pool, *o, c);
+      std::string previous = m.start_after;
+      for (const Object* o : reg.list(c, m.prefix, m.start_after, limit, &truncated)) {
+        check_mappable_by(*w.pool, *o, c);
+        FUZZ_CHECK(o->name > previous || (previous.empty() && o->name.empty()), "list went backwards or repeated a name");
+        previous = o->name;
+      }
       break;
     }
     case wire::Body::Stat:
@@ -300,7 +299,7 @@ void run_one(World& w, std::span<const std::byte> in) {
   const Caller root{4, 0, 0};
   bool truncated = false;
   std::vector<std::string> names;
-  for (const Object* o : reg.list(root, "", 0, &truncated)) names.push_back(o->name);
+  for (const Object* o : reg.list(root, "", "", 0, &truncated)) names.push_back(o->name);
   for (const auto& n : names) FUZZ_CHECK(reg.remove(root, n).has_value(), "root could not delete '" + n + "'");
   FUZZ_CHECK(reg.versions() == 0 && reg.open_creates() == 0 && reg.leases() == 0 && reg.names() == 0,
              "the registry still holds objects after every connection ended and every name was deleted");
@@ -308,7 +307,7 @@ void run_one(World& w, std::span<const std::byte> in) {
   FUZZ_CHECK(w.pool->dedicated_bytes() == 0, "dedicated segments leaked");
   for (const Segment* s : w.pool->pool_segments())
     FUZZ_CHECK(!w.pool->segment_class(s->id()).has_value(), "an empty pool segment kept its reader class");
-  if (w.pool->segment_count() != w.segments_swept) unlink_segment_names(w);
+  FUZZ_CHECK(w.pool->pool_segments().size() == 4, "the pool lost or gained segments");
 }
 
 // ---- seeds ---------------------------------------------------------------------

@@ -161,7 +161,7 @@ def test_cupy_arrays_go_through_cuda_array_interface(client):
     assert np.array_equal(client.get("gpu/cupy-strided"), cupy.asnumpy(col))
 
 
-def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory):
+def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory, monkeypatch):
     """The driver backs an interprocess event with a 0600 file in /dev/shm, so
     tensorshmd running as another user (here nobody, the producer root)
     cannot open the producer's event: the client then waits for its own event
@@ -197,6 +197,8 @@ def test_a_daemon_running_as_another_user_still_copies_in_order(tmp_path_factory
                                  "--pool-size", "256M", "--segment-size", "64M", "--pretouch-threads", "2"],
                                 stdout=out, stderr=subprocess.STDOUT, user=nobody.pw_uid, group=nobody.pw_gid,
                                 extra_groups=[], cwd=d, env=env)
+    # Clients trust only root, themselves and the service user: this test trusts nobody's daemon.
+    monkeypatch.setenv("TENSORSHM_DAEMON_UID", str(nobody.pw_uid))
     try:
         wait_for_socket(sock, proc, log)
         with tensorshm.connect(sock, name="other-user") as c:

@@ -47,9 +47,25 @@ def instance():
     assert not leftovers, f"segments left in /dev/shm: {leftovers}"
 
 
-def segments_of(instance):
-    """The instance's pool segments (the lock file excluded)."""
-    return [p for p in SHM.glob(f"tensorshm.{instance}.*") if not p.name.endswith(".lock")]
+def segments_of(instance, pid=None):
+    """The instance's segments: the memory files tensorshmd `pid` holds open (as
+    /proc/<pid>/fd paths, one per file, which stat() follows to the file), and
+    any file of the instance in /dev/shm (tensorshm makes none there)."""
+    out, seen = [], set()
+    if pid is not None:
+        fds = Path(f"/proc/{pid}/fd")
+        try:
+            entries = list(fds.iterdir())
+        except (FileNotFoundError, ProcessLookupError):
+            entries = []
+        for e in entries:
+            try:
+                if os.readlink(e).startswith(f"/memfd:tensorshm.{instance}.") and e.stat().st_ino not in seen:
+                    seen.add(e.stat().st_ino)
+                    out.append(e)
+            except (FileNotFoundError, ProcessLookupError):
+                pass
+    return out + list(SHM.glob(f"tensorshm.{instance}.*"))
 
 
 def wait_for(predicate, what, timeout=30.0):

@@ -135,7 +135,8 @@ def test_the_installed_daemon_serves_as_the_tensorshm_user(installed, instance, 
     assert d.proc.poll() is None, d.log()
     st = os.stat(sock)
     assert (stat.S_IMODE(st.st_mode), st.st_gid) == (0o660, user.pw_gid)
-    assert all(p.stat().st_uid == user.pw_uid for p in segments_of(instance))
+    segments = segments_of(instance, d.pid)
+    assert segments and all(p.stat().st_uid == user.pw_uid for p in segments)
     assert "round trip" in ctl("/usr/bin/tensorshmctl", sock, "ping").stdout
     consumer = build_consumer(tmp_path / "consumer")
     out = run(str(consumer), str(sock)).stdout

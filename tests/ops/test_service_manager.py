@@ -52,7 +52,7 @@ def test_ready_comes_only_once_the_pool_is_reserved_and_the_socket_listens(
     # Checked at the moment READY arrives: everything it promises is already true.
     assert fields["READY"] == "1"
     assert pid == d.pid, "READY must come from the daemon's main process (NotifyAccess=main)"
-    assert sum(p.stat().st_size for p in segments_of(instance)) >= POOL
+    assert sum(p.stat().st_size for p in segments_of(instance, d.pid)) >= POOL
     assert "reserved and pre-touched" in d.log()
     assert ctl(tensorshmctl, sock, "ping").returncode == 0
     # Start-up progress came first, and READY carries the first serving STATUS.
@@ -110,13 +110,13 @@ def test_sigterm_sends_stopping_then_removes_every_segment(
     d = daemons.start(daemon_argv(tensorshmd, tmp_path / "s.sock", instance), tmp_path / "log",
                       env=env_with(NOTIFY_SOCKET=notify_listener.path))
     notify_listener.wait_for("READY")
-    assert segments_of(instance)
+    assert segments_of(instance, d.pid)
     d.sigterm()
     _, pid, fields = notify_listener.wait_for("STOPPING", value="1")
     assert pid == d.pid
     assert fields["STATUS"].startswith("stopping")
     assert d.terminate() == 0
-    assert not segments_of(instance)
+    assert not segments_of(instance, d.pid)
     assert not (tmp_path / "s.sock").exists()
 
 

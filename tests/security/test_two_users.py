@@ -12,7 +12,7 @@ import stat
 
 import pytest
 
-from harness import SHM, record, shm_files
+from harness import SHM, record
 
 MIB = 1 << 20
 
@@ -43,7 +43,7 @@ def test_another_uid_can_neither_get_stat_list_overwrite_nor_delete_an_unshared_
 
 
 def segments(d) -> list[int]:
-    return sorted(int(m.group(1)) for n in shm_files(d.instance) if (m := re.search(r"\.[pd](\d+)$", n)))
+    return sorted(int(m.group(1)) for n in d.segments() if (m := re.search(r"\.[pd](\d+)$", n)))
 
 
 def test_another_uid_cannot_map_any_segment_holding_objects_it_may_not_read(users, daemons, peers):
@@ -130,9 +130,11 @@ def test_the_bytes_of_a_deleted_object_never_reach_another_uids_mapping(users, d
         secret = alice.ok(f"put secret/{i} 1000000 {500 + i}")
         alice.ok(f"delete pad/{i}")
         alice.ok(f"delete secret/{i}")
-        # The segment is empty again: a shared object of bob's may go there.
+        # The segment is empty again: a shared object of bob's goes there, in
+        # a fresh memory file (a new segment id) that never held alice's bytes.
         pub = bob.ok(f"put bob/pub{i} 16 {900 + i} everyone")
-        assert pub["segment"] == secret["segment"]
+        assert pub["segment"] != secret["segment"], "a segment changed owner without a fresh memory file"
+        assert d.segments() and len(d.segments()) == 1, d.segments()  # the pool's one segment, replaced
         tries += 1
         mapped = bob.cmd(f"map {pub['segment']} 0")
         if mapped["status"] == "ok":
@@ -143,28 +145,34 @@ def test_the_bytes_of_a_deleted_object_never_reach_another_uids_mapping(users, d
     assert leaks == 0, f"bob read the bytes of alice's deleted object in {leaks} of {tries} tries"
 
 
-def test_segments_are_readable_by_the_daemon_only(users, daemons, peers):
+def test_segments_are_memory_files_that_other_uids_can_neither_name_nor_open(users, daemons, peers):
     d = daemons(pool="16M", segment="8M").start()
     alice, bob = peers(d, users["alice"]), peers(d, users["bob"])
     alice.ok("put pub/a 100000 1 everyone")
     alice.ok(f"put alice/big {12 * MIB} 2")
-    files = shm_files(d.instance)
-    assert any(".d" in n for n in files) and any(".p" in n for n in files)
+    files = d.segments()
+    assert any(".d" in n for n in files) and any(".p" in n for n in files), files
+    assert not [n for n in os.listdir(SHM) if n.startswith(f"tensorshm.{d.instance}.")], "a segment has a name"
+    # Each segment the daemon holds: mode 0600, its own; other uids cannot
+    # open it through the daemon's descriptors (/proc/<pid>/fd).
+    fd_dir = f"/proc/{d.pid}/fd"
+    paths = [f"{fd_dir}/{n}" for n in os.listdir(fd_dir)
+             if os.readlink(f"{fd_dir}/{n}").startswith(f"/memfd:tensorshm.{d.instance}.")]
     open_for_others = []
-    for name in files:
-        st = os.stat(SHM / name)
-        assert st.st_uid == os.geteuid(), f"{name} is owned by uid {st.st_uid}"
+    for path in paths:
+        st = os.stat(path)
+        assert st.st_uid == os.geteuid(), f"{path} is owned by uid {st.st_uid}"
         if st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
-            open_for_others.append(f"{name} {stat.filemode(st.st_mode)}")
+            open_for_others.append(f"{os.readlink(path)} {stat.filemode(st.st_mode)}")
     opened = 0
-    for name in files:
+    for path in paths:
         for who in (bob, alice):
-            r = who.ok(f"open-shm {SHM / name}")
+            r = who.ok(f"open-shm {path}")
             opened += r["read"] == "allowed" or r["write"] == "allowed"
     assert not open_for_others, f"readable or writable by others: {open_for_others}"
     assert opened == 0
-    record("segment files in /dev/shm: mode and open(2) by other uids", injected=2 * len(files), lost=0,
-           leaked=opened + len(open_for_others))
+    record("segments (memory files): mode, and open(2) through the daemon's descriptors by other uids",
+           injected=2 * len(paths), lost=0, leaked=opened + len(open_for_others))
 
 
 def test_object_names_never_become_file_names(users, daemons, peers):

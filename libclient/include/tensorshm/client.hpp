@@ -196,7 +196,8 @@ class Client {
  public:
   struct Options {
     /// Empty: default_client_socket_path() ($TENSORSHM_SOCKET, $XDG_RUNTIME_DIR,
-    /// /run/tensorshm/tensorshmd.sock; see tensorshm/paths.hpp).
+    /// /run/tensorshm/tensorshmd.sock; see tensorshm/paths.hpp). A per-user
+    /// socket whose directory another user could write is never used.
     std::string socket_path;
     /// Shown in the daemon's log.
     std::string client_name;
@@ -214,6 +215,11 @@ class Client {
     /// may use (its affinity mask and its cgroup's CPU quota), at most 8.
     /// 1: the calling thread alone; at most 64.
     std::optional<unsigned> copy_threads;
+    /// The client talks only to a daemon running as root, as the service user
+    /// `tensorshm`, as this process's uid, or as this uid (unset:
+    /// $TENSORSHM_DAEMON_UID, else none): anyone else listening on the socket
+    /// is refused with Errc::permission_denied before a byte is sent.
+    std::optional<std::uint32_t> daemon_uid;
   };
 
   /// Connects and says hello. Throws Exception(daemon_unreachable) naming the

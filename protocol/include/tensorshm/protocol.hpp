@@ -35,6 +35,13 @@ inline constexpr std::uint16_t kVersionMismatchType = 0xFFFF;
 /// kMaxListLimit objects needs about 3 per object).
 inline constexpr std::uint32_t kMaxTables = 1u << 20;
 inline constexpr std::uint32_t kMaxListLimit = 100000;
+/// About how many bytes of object descriptions one ListReply holds (far below
+/// kMaxPayload whatever the names); a longer listing comes in pages
+/// (List.start_after, ListReply.more_after).
+inline constexpr std::size_t kListPageBytes = 1u << 20;
+/// What one ObjectDesc costs in a reply, at most, besides its name and its
+/// shape and strides (for kListPageBytes).
+inline constexpr std::size_t kListEntryOverhead = 256;
 inline constexpr int kMaxDims = 32;
 /// HelloReply.features: the daemon understands PutBytes.
 inline constexpr std::uint64_t kFeaturePutBytes = 1;

@@ -2070,15 +2070,20 @@ struct ListT : public flatbuffers::NativeTable {
   typedef List TableType;
   std::string prefix{};
   uint32_t limit = 0;
+  std::string start_after{};
 };
 
+/// Names in order. A reply holds at most about protocol::kListPageBytes of
+/// descriptions: when more remain, `more_after` names the last one sent and
+/// the client asks again with `start_after` set to it.
 struct List FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   typedef ListT NativeTableType;
   typedef ListBuilder Builder;
   struct Traits;
   enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
     VT_PREFIX = 4,
-    VT_LIMIT = 6
+    VT_LIMIT = 6,
+    VT_START_AFTER = 8
   };
   const flatbuffers::String *prefix() const {
     return GetPointer<const flatbuffers::String *>(VT_PREFIX);
@@ -2086,11 +2091,16 @@ struct List FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   uint32_t limit() const {
     return GetField<uint32_t>(VT_LIMIT, 0);
   }
+  const flatbuffers::String *start_after() const {
+    return GetPointer<const flatbuffers::String *>(VT_START_AFTER);
+  }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
            VerifyOffset(verifier, VT_PREFIX) &&
            verifier.VerifyString(prefix()) &&
            VerifyField<uint32_t>(verifier, VT_LIMIT, 4) &&
+           VerifyOffset(verifier, VT_START_AFTER) &&
+           verifier.VerifyString(start_after()) &&
            verifier.EndTable();
   }
   ListT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
@@ -2108,6 +2118,9 @@ struct ListBuilder {
   void add_limit(uint32_t limit) {
     fbb_.AddElement<uint32_t>(List::VT_LIMIT, limit, 0);
   }
+  void add_start_after(flatbuffers::Offset<flatbuffers::String> start_after) {
+    fbb_.AddOffset(List::VT_START_AFTER, start_after);
+  }
   explicit ListBuilder(flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -2122,8 +2135,10 @@ struct ListBuilder {
 inline flatbuffers::Offset<List> CreateList(
     flatbuffers::FlatBufferBuilder &_fbb,
     flatbuffers::Offset<flatbuffers::String> prefix = 0,
-    uint32_t limit = 0) {
+    uint32_t limit = 0,
+    flatbuffers::Offset<flatbuffers::String> start_after = 0) {
   ListBuilder builder_(_fbb);
+  builder_.add_start_after(start_after);
   builder_.add_limit(limit);
   builder_.add_prefix(prefix);
   return builder_.Finish();
@@ -2137,12 +2152,15 @@ struct List::Traits {
 inline flatbuffers::Offset<List> CreateListDirect(
     flatbuffers::FlatBufferBuilder &_fbb,
     const char *prefix = nullptr,
-    uint32_t limit = 0) {
+    uint32_t limit = 0,
+    const char *start_after = nullptr) {
   auto prefix__ = prefix ? _fbb.CreateString(prefix) : 0;
+  auto start_after__ = start_after ? _fbb.CreateString(start_after) : 0;
   return tensorshm::wire::CreateList(
       _fbb,
       prefix__,
-      limit);
+      limit,
+      start_after__);
 }
 
 flatbuffers::Offset<List> CreateList(flatbuffers::FlatBufferBuilder &_fbb, const ListT *_o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
@@ -2151,6 +2169,7 @@ struct ListReplyT : public flatbuffers::NativeTable {
   typedef ListReply TableType;
   std::vector<std::unique_ptr<tensorshm::wire::ObjectDescT>> objects{};
   bool truncated = false;
+  std::string more_after{};
   ListReplyT() = default;
   ListReplyT(const ListReplyT &o);
   ListReplyT(ListReplyT&&) FLATBUFFERS_NOEXCEPT = default;
@@ -2163,7 +2182,8 @@ struct ListReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   struct Traits;
   enum FlatBuffersVTableOffset FLATBUFFERS_VTABLE_UNDERLYING_TYPE {
     VT_OBJECTS = 4,
-    VT_TRUNCATED = 6
+    VT_TRUNCATED = 6,
+    VT_MORE_AFTER = 8
   };
   const flatbuffers::Vector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>> *objects() const {
     return GetPointer<const flatbuffers::Vector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>> *>(VT_OBJECTS);
@@ -2171,12 +2191,17 @@ struct ListReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   bool truncated() const {
     return GetField<uint8_t>(VT_TRUNCATED, 0) != 0;
   }
+  const flatbuffers::String *more_after() const {
+    return GetPointer<const flatbuffers::String *>(VT_MORE_AFTER);
+  }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
            VerifyOffset(verifier, VT_OBJECTS) &&
            verifier.VerifyVector(objects()) &&
            verifier.VerifyVectorOfTables(objects()) &&
            VerifyField<uint8_t>(verifier, VT_TRUNCATED, 1) &&
+           VerifyOffset(verifier, VT_MORE_AFTER) &&
+           verifier.VerifyString(more_after()) &&
            verifier.EndTable();
   }
   ListReplyT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
@@ -2194,6 +2219,9 @@ struct ListReplyBuilder {
   void add_truncated(bool truncated) {
     fbb_.AddElement<uint8_t>(ListReply::VT_TRUNCATED, static_cast<uint8_t>(truncated), 0);
   }
+  void add_more_after(flatbuffers::Offset<flatbuffers::String> more_after) {
+    fbb_.AddOffset(ListReply::VT_MORE_AFTER, more_after);
+  }
   explicit ListReplyBuilder(flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -2208,8 +2236,10 @@ struct ListReplyBuilder {
 inline flatbuffers::Offset<ListReply> CreateListReply(
     flatbuffers::FlatBufferBuilder &_fbb,
     flatbuffers::Offset<flatbuffers::Vector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>>> objects = 0,
-    bool truncated = false) {
+    bool truncated = false,
+    flatbuffers::Offset<flatbuffers::String> more_after = 0) {
   ListReplyBuilder builder_(_fbb);
+  builder_.add_more_after(more_after);
   builder_.add_objects(objects);
   builder_.add_truncated(truncated);
   return builder_.Finish();
@@ -2223,12 +2253,15 @@ struct ListReply::Traits {
 inline flatbuffers::Offset<ListReply> CreateListReplyDirect(
     flatbuffers::FlatBufferBuilder &_fbb,
     const std::vector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>> *objects = nullptr,
-    bool truncated = false) {
+    bool truncated = false,
+    const char *more_after = nullptr) {
   auto objects__ = objects ? _fbb.CreateVector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>>(*objects) : 0;
+  auto more_after__ = more_after ? _fbb.CreateString(more_after) : 0;
   return tensorshm::wire::CreateListReply(
       _fbb,
       objects__,
-      truncated);
+      truncated,
+      more_after__);
 }
 
 flatbuffers::Offset<ListReply> CreateListReply(flatbuffers::FlatBufferBuilder &_fbb, const ListReplyT *_o, const flatbuffers::rehasher_function_t *_rehasher = nullptr);
@@ -4203,6 +4236,7 @@ inline void List::UnPackTo(ListT *_o, const flatbuffers::resolver_function_t *_r
   (void)_resolver;
   { auto _e = prefix(); if (_e) _o->prefix = _e->str(); }
   { auto _e = limit(); _o->limit = _e; }
+  { auto _e = start_after(); if (_e) _o->start_after = _e->str(); }
 }
 
 inline flatbuffers::Offset<List> List::Pack(flatbuffers::FlatBufferBuilder &_fbb, const ListT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
@@ -4215,14 +4249,17 @@ inline flatbuffers::Offset<List> CreateList(flatbuffers::FlatBufferBuilder &_fbb
   struct _VectorArgs { flatbuffers::FlatBufferBuilder *__fbb; const ListT* __o; const flatbuffers::rehasher_function_t *__rehasher; } _va = { &_fbb, _o, _rehasher}; (void)_va;
   auto _prefix = _o->prefix.empty() ? 0 : _fbb.CreateString(_o->prefix);
   auto _limit = _o->limit;
+  auto _start_after = _o->start_after.empty() ? 0 : _fbb.CreateString(_o->start_after);
   return tensorshm::wire::CreateList(
       _fbb,
       _prefix,
-      _limit);
+      _limit,
+      _start_after);
 }
 
 inline ListReplyT::ListReplyT(const ListReplyT &o)
-      : truncated(o.truncated) {
+      : truncated(o.truncated),
+        more_after(o.more_after) {
   objects.reserve(o.objects.size());
   for (const auto &objects_ : o.objects) { objects.emplace_back((objects_) ? new tensorshm::wire::ObjectDescT(*objects_) : nullptr); }
 }
@@ -4230,6 +4267,7 @@ inline ListReplyT::ListReplyT(const ListReplyT &o)
 inline ListReplyT &ListReplyT::operator=(ListReplyT o) FLATBUFFERS_NOEXCEPT {
   std::swap(objects, o.objects);
   std::swap(truncated, o.truncated);
+  std::swap(more_after, o.more_after);
   return *this;
 }
 
@@ -4244,6 +4282,7 @@ inline void ListReply::UnPackTo(ListReplyT *_o, const flatbuffers::resolver_func
   (void)_resolver;
   { auto _e = objects(); if (_e) { _o->objects.resize(_e->size()); for (flatbuffers::uoffset_t _i = 0; _i < _e->size(); _i++) { _o->objects[_i] = std::unique_ptr<tensorshm::wire::ObjectDescT>(_e->Get(_i)->UnPack(_resolver)); } } }
   { auto _e = truncated(); _o->truncated = _e; }
+  { auto _e = more_after(); if (_e) _o->more_after = _e->str(); }
 }
 
 inline flatbuffers::Offset<ListReply> ListReply::Pack(flatbuffers::FlatBufferBuilder &_fbb, const ListReplyT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
@@ -4256,10 +4295,12 @@ inline flatbuffers::Offset<ListReply> CreateListReply(flatbuffers::FlatBufferBui
   struct _VectorArgs { flatbuffers::FlatBufferBuilder *__fbb; const ListReplyT* __o; const flatbuffers::rehasher_function_t *__rehasher; } _va = { &_fbb, _o, _rehasher}; (void)_va;
   auto _objects = _o->objects.size() ? _fbb.CreateVector<flatbuffers::Offset<tensorshm::wire::ObjectDesc>> (_o->objects.size(), [](size_t i, _VectorArgs *__va) { return CreateObjectDesc(*__va->__fbb, __va->__o->objects[i].get(), __va->__rehasher); }, &_va ) : 0;
   auto _truncated = _o->truncated;
+  auto _more_after = _o->more_after.empty() ? 0 : _fbb.CreateString(_o->more_after);
   return tensorshm::wire::CreateListReply(
       _fbb,
       _objects,
-      _truncated);
+      _truncated,
+      _more_after);
 }
 
 inline StatT *Stat::UnPack(const flatbuffers::resolver_function_t *_resolver) const {
