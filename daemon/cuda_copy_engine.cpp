@@ -434,7 +434,8 @@ void CudaCopyEngine::attach(Pool& pool) {
   }
   log::notice("pinned ", pinned, " of ", pool.pool_segments().size(), " pool segment(s), ", bytes, " bytes, in ",
               ms_since(t0), " ms (cudaHostRegister in chunks of at most ", options_.pin_chunk, " bytes)");
-  // Dedicated segments come and go on the io thread. Pinning one may wait for
+  // Dedicated segments, and pool segments replaced for a new owner, come and
+  // go on the io thread. Pinning one may wait for
   // the engine thread: at most hook_patience, after which the pinning stays
   // queued (it still runs before any later put into that segment, jobs run in
   // order). Unpinning must finish before the pool unmaps the segment; when it
@@ -445,7 +446,7 @@ void CudaCopyEngine::attach(Pool& pool) {
     const std::uint32_t id = s.id();
     std::byte* base = s.base();
     const std::uint64_t size = s.size();
-    std::string what = "dedicated segment " + s.name();
+    std::string what = (s.dedicated() ? "dedicated segment " : "pool segment ") + s.name();
     if (!on_engine([this, id, base, size, what] { add_region_now(id, base, size, what); }, options_.hook_patience))
       log::warning("pinning ", what, " is queued behind a CUDA call that has not returned for ",
                    options_.hook_patience.count(), " ms; GPU puts into it wait for it (", engine_activity(), ")");
@@ -453,7 +454,7 @@ void CudaCopyEngine::attach(Pool& pool) {
   pool.on_segment_removed = [this](const Segment& s) {
     const std::uint32_t id = s.id();
     if (on_engine([this, id] { remove_region_now(id); }, options_.hook_patience)) return true;
-    log::warning("unpinning dedicated segment ", s.name(), " is queued behind a CUDA call that has not returned for ",
+    log::warning("unpinning segment ", s.name(), " is queued behind a CUDA call that has not returned for ",
                  options_.hook_patience.count(), " ms; keeping it mapped (", s.size(),
                  " bytes) until tensorshmd stops (", engine_activity(), ")");
     return false;

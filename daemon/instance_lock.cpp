@@ -41,9 +41,9 @@ Status prepare_socket_directory(const std::string& socket_path, std::uint32_t so
   const auto why = [&](const std::string& what) {
     return Error{Errc::permission_denied,
                  "the socket's directory '" + dir.string() + "' " + what +
-                     ": another user could replace the socket or its lock. Remove it (tensorshmd makes it), or "
-                     "choose a --socket in a directory that only this user (uid " + std::to_string(::geteuid()) +
-                     ") or root can write"};
+                     ": another user could replace the socket or its lock. Have it removed (by its owner or root; "
+                     "tensorshmd makes it again), or choose a --socket in a directory that only this user (uid " +
+                     std::to_string(::geteuid()) + ") or root can write"};
   };
   if (S_ISLNK(st.st_mode)) return why("is a symbolic link");
   if (!S_ISDIR(st.st_mode)) return why("is not a directory");
@@ -55,6 +55,23 @@ Status prepare_socket_directory(const std::string& socket_path, std::uint32_t so
 }
 
 Result<InstanceLock> InstanceLock::acquire(const std::string& path) {
+  // A daemon that stops unlinks its lock: one that opened the file just
+  // before may then lock a file no longer at `path` while a third makes a new
+  // one. So after locking, the path must still name the locked file; else try
+  // again.
+  for (int attempt = 0;; ++attempt) {
+    auto lock = acquire_once(path);
+    if (!lock || attempt == 8) return lock;
+    struct stat held{}, named{};
+    if (::fstat(lock->fd_, &held) == 0 && ::lstat(path.c_str(), &named) == 0 && held.st_dev == named.st_dev &&
+        held.st_ino == named.st_ino)
+      return lock;
+    io::close_fd(lock->fd_);  // not ours: a file no longer at the path
+    lock->fd_ = -1;
+  }
+}
+
+Result<InstanceLock> InstanceLock::acquire_once(const std::string& path) {
   auto fd = posix_call("open(O_NOFOLLOW)", path, [&] {
     return ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC, 0600);
   });

@@ -35,6 +35,7 @@ class InstanceLock {
 
  private:
   InstanceLock(std::string path, int fd) : path_(std::move(path)), fd_(fd) {}
+  static Result<InstanceLock> acquire_once(const std::string& path);
   std::string path_;
   int fd_ = -1;
 };

@@ -70,12 +70,26 @@ Result<Segment*> Pool::add_segment(std::uint64_t size, bool dedicated) {
 }
 
 Result<std::uint32_t> Pool::replace_segment(std::uint32_t id) {
+  const auto prefix = [](std::string why) {
+    return "a pool segment that served another owner or sharing mode needs a fresh memory file before it serves "
+           "this one: " + why;
+  };
+  if (replacements_blocked_)
+    return Error{Errc::pool_exhausted,
+                 prefix("the copy engine could not unpin a segment earlier (see the log), so no more are replaced; "
+                        "restart tensorshmd")};
   auto old = segments_.find(id);
-  auto fresh = add_segment(old->second->size(), /*dedicated=*/false);
+  Segment& seg = *old->second;
+  // The old file's memory goes first (it holds no object), so that the fresh
+  // one needs no more memory than the pool already has.
+  const bool unpinned = !on_segment_removed || on_segment_removed(seg);
+  if (unpinned) seg.discard();
+  auto fresh = add_segment(seg.size(), /*dedicated=*/false);
   if (!fresh) {
+    // The old segment serves its last class on (its pages come back zeroed).
+    if (unpinned && on_segment_added) on_segment_added(seg);
     Error e = std::move(fresh).error();
-    e.message = "a pool segment that served another owner or sharing mode needs a fresh memory file before it "
-                "serves this one: " + e.message;
+    e.message = prefix(e.message);
     return e;
   }
   const std::uint32_t new_id = (*fresh)->id();
@@ -87,7 +101,14 @@ Result<std::uint32_t> Pool::replace_segment(std::uint32_t id) {
   classes_.erase(id);
   std::unique_ptr<Segment> gone = std::move(old->second);
   segments_.erase(old);
-  drop_segment(std::move(gone), /*discard=*/true);
+  if (!unpinned) {
+    // CUDA may still have it registered: mapped until the pool goes. Each
+    // further replacement would keep a segment's memory this way: none then.
+    log::warning("pool: segment ", gone->name(), " could not be unpinned in time and stays mapped until tensorshmd "
+                 "stops; segments are no longer replaced for new owners (their puts fail until a restart)");
+    kept_mapped_.push_back(std::move(gone));
+    replacements_blocked_ = true;
+  }
   ++replaced_;
   return new_id;
 }
@@ -105,10 +126,12 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
   bytes = (bytes + page_ - 1) / page_ * page_;
   if (bytes <= pool_extent_limit()) {
     // Among the segments of this class, and the unused ones, the one whose
-    // largest hole fits best (keeps big holes whole); a segment of the class
-    // wins a tie against an unused one.
+    // largest hole fits best (keeps big holes whole). Rank first: a segment
+    // of the class, then an unused one that last served this class or none,
+    // then an unused one that needs a fresh file (replace_segment).
     ExtentAllocator* best = nullptr;
     std::uint32_t best_id = 0;
+    int best_rank = 3;
     bool best_owned = false;
     for (auto& [id, a] : allocators_) {
       auto c = classes_.find(id);
@@ -116,10 +139,12 @@ Result<Extent> Pool::allocate(std::uint64_t bytes, const ReaderClass& cls) {
       if (owned && !(c->second == cls)) continue;
       const auto lf = a.largest_free();
       if (lf < bytes) continue;
-      if (best == nullptr || (owned && !best_owned) ||
-          (owned == best_owned && lf < best->largest_free())) {
+      const auto last = last_class_.find(id);
+      const int rank = owned ? 0 : (last == last_class_.end() || last->second == cls) ? 1 : 2;
+      if (best == nullptr || rank < best_rank || (rank == best_rank && lf < best->largest_free())) {
         best = &a;
         best_id = id;
+        best_rank = rank;
         best_owned = owned;
       }
     }

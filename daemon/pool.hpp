@@ -111,6 +111,7 @@ class Pool {
   std::map<std::uint32_t, ReaderClass> classes_;         // segments holding objects
   std::map<std::uint32_t, ReaderClass> last_class_;      // pool segments: the class their memory file served
   std::uint64_t replaced_ = 0;
+  bool replacements_blocked_ = false;  // a replaced segment could not be unpinned: no more replacements
   std::vector<Extent> quarantined_;                        // ranges a DMA may still write: never freed
   std::vector<std::unique_ptr<Segment>> kept_mapped_;      // dedicated segments not safe to unmap
 };

@@ -70,36 +70,61 @@ std::optional<std::uint64_t> read_number(const std::string& path) {
   }
 }
 
-// Room under this process's memory cgroup: its own folder when the cgroup
-// filesystem shows it, else the namespace's root (a container's own group).
+// One key of a cgroup's memory.stat ("inactive_file 1234").
+std::uint64_t stat_value(const std::string& path, const std::string& key) {
+  std::ifstream in(path);
+  for (std::string k; in >> k;) {
+    std::uint64_t v = 0;
+    if (!(in >> v)) break;
+    if (k == key) return v;
+  }
+  return 0;
+}
+
+// Room under the memory cgroups this process is in: for its group and each
+// ancestor the filesystem shows (a container sees its own group as the
+// root), the limit minus what is charged, not counting page cache the kernel
+// would drop first (inactive files); the smallest room wins.
 std::optional<std::uint64_t> cgroup_room() {
   std::ifstream in("/proc/self/cgroup");
+  std::optional<std::uint64_t> room;
   for (std::string line; std::getline(in, line);) {
     // "0::/path" (v2) or "4:memory:/path" (v1).
     const auto a = line.find(':'), b = line.find(':', a + 1);
     if (a == std::string::npos || b == std::string::npos) continue;
-    const std::string controllers = line.substr(a + 1, b - a - 1), path = line.substr(b + 1);
-    std::string dir, limit_file, usage_file;
+    const std::string controllers = line.substr(a + 1, b - a - 1);
+    std::string path = line.substr(b + 1);
+    std::string root, limit_file, usage_file, inactive_key;
     if (controllers.empty()) {
-      dir = "/sys/fs/cgroup";
+      root = "/sys/fs/cgroup";
       limit_file = "memory.max";
       usage_file = "memory.current";
+      inactive_key = "inactive_file";
     } else if (controllers == "memory" || controllers.find("memory,") != std::string::npos ||
                controllers.ends_with(",memory")) {
-      dir = "/sys/fs/cgroup/memory";
+      root = "/sys/fs/cgroup/memory";
       limit_file = "memory.limit_in_bytes";
       usage_file = "memory.usage_in_bytes";
+      inactive_key = "total_inactive_file";
     } else {
       continue;
     }
-    for (const std::string& d : {dir + path, dir}) {
-      auto limit = read_number(d + "/" + limit_file);
-      auto usage = read_number(d + "/" + usage_file);
-      if (limit && usage) return *limit > *usage ? *limit - *usage : 0;
-      if (std::ifstream(d + "/" + limit_file)) break;  // readable, no limit: do not look further up
+    for (;;) {
+      const std::string dir = root + (path == "/" ? "" : path);
+      auto limit = read_number(dir + "/" + limit_file);
+      auto usage = read_number(dir + "/" + usage_file);
+      if (limit && usage) {
+        const std::uint64_t inactive = stat_value(dir + "/memory.stat", inactive_key);
+        const std::uint64_t used = *usage > inactive ? *usage - inactive : 0;
+        const std::uint64_t here = *limit > used ? *limit - used : 0;
+        room = room ? std::min(*room, here) : here;
+      }
+      if (path.empty() || path == "/") break;
+      const auto slash = path.rfind('/');
+      path = slash == 0 || slash == std::string::npos ? "/" : path.substr(0, slash);
     }
   }
-  return std::nullopt;
+  return room;
 }
 
 }  // namespace

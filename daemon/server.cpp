@@ -171,6 +171,13 @@ awaitable<void> Server::accept_loop() {
                                              " connections, its limit (--max-connections); try again later"});
       continue;
     }
+    if (const auto stuck = closer_.stuck(cred->uid); stuck > 0) {
+      refuse(std::move(sock), *cred,
+             Error{Errc::limit_exceeded, "uid " + std::to_string(cred->uid) + ": " + std::to_string(stuck) +
+                                             " descriptor(s) it sent are still closing after a second (a socket "
+                                             "lingering on close?); its new connections are refused until they are"});
+      continue;
+    }
     if (auto it = per_uid_.find(cred->uid); it != per_uid_.end() && it->second >= config_.max_connections_per_uid) {
       refuse(std::move(sock), *cred,
              Error{Errc::limit_exceeded, "uid " + std::to_string(cred->uid) + " has " + std::to_string(it->second) +
@@ -203,7 +210,7 @@ void Server::refuse(unix_socket sock, const io::PeerCred& cred, const Error& why
   (void)io::send_with_fds(sock.native_handle(), frame, {}, /*dont_wait=*/true);
   error_code ec;
   const int fd = sock.release(ec);
-  if (!ec) closer_.close(fd);
+  if (!ec) closer_.close(fd, cred.uid);
 }
 
 }  // namespace tensorshm::daemon

@@ -85,7 +85,7 @@ void Session::close() {
     error_code ec;
     const int fd = socket_.release(ec);
     if (ec) socket_.close(ec);
-    else server_.closer().close(fd);
+    else server_.closer().close(fd, cred_.uid);
   }
   // Wake a request waiting for a version or for space: it ends at once.
   peer_gone_ = true;
@@ -109,7 +109,7 @@ void Session::arm_hello_timer() {
 
 bool Session::refuse_descriptors(const char* when) {
   if (fds_.empty()) return true;
-  for (int fd : fds_) server_.closer().close(fd);
+  for (int fd : fds_) server_.closer().close(fd, cred_.uid);
   ++server_.counters().protocol_errors;
   log::warning("session ", id(), " (pid ", cred_.pid, ", uid ", cred_.uid, ") sent ", fds_.size(),
                " descriptor(s) ", when, "; the protocol never asks a client for one. Closing the connection");
@@ -337,23 +337,24 @@ void Session::watch_peer(const std::shared_ptr<asio::steady_timer>& timer, std::
     if (ec) return;
     auto self = weak.lock();
     if (!self || self->watch_generation_ != generation || !self->socket_.is_open()) return;
-    const auto gone = [&](const char* why) {
-      if (why != nullptr)
-        log::warning("session ", self->id(), " (pid ", self->cred_.pid, ", uid ", self->cred_.uid, ") ", why,
-                     " while its request waited; closing the connection");
+    const auto gone = [&] {
       self->peer_gone_ = true;
       if (auto t = wt.lock()) t->cancel();
     };
     // The bytes the peer sends meanwhile are the start of its next request:
     // keep them after the ones buffered (the waiting request's payload is not
-    // moved). A peer that sends more than fits is not waiting for its answer.
-    if (self->rend_ == self->rbuf_.size()) return gone("sent more than its read buffer holds");
+    // moved). When they do not fit, stop watching: the wait then ends at its
+    // deadline (or when the daemon stops), as any wait of a connection would.
+    if (self->rend_ == self->rbuf_.size()) {
+      log::debug("session ", self->id(), ": its read buffer is full while its request waits; no longer watching");
+      return;
+    }
     auto r = io::recv_taking_fds(self->socket_.native_handle(),
                                  std::span(self->rbuf_.data() + self->rend_, self->rbuf_.size() - self->rend_),
                                  &self->fds_);
-    if (!self->refuse_descriptors("while its request waited")) return gone(nullptr);
-    if (!r || r->truncated) return gone(nullptr);
-    if (!r->would_block && r->got == 0) return gone(nullptr);  // hung up
+    if (!self->refuse_descriptors("while its request waited")) return gone();
+    if (!r || r->truncated) return gone();
+    if (!r->would_block && r->got == 0) return gone();  // hung up
     self->rend_ += r->got;
     self->watch_peer(wt.lock(), generation);
   });

@@ -105,8 +105,8 @@ class Session : public std::enable_shared_from_this<Session> {
   /// While a request waits: notices the peer hanging up, and buffers what it
   /// sends meanwhile (the start of its next request) so that a byte sent
   /// before hanging up cannot hide the hang-up. Ends the wait (peer_gone_)
-  /// when the peer leaves, sends descriptors, or sends more than the read
-  /// buffer holds. `generation` ties it to one wait.
+  /// when the peer leaves or sends descriptors; stops watching when what it
+  /// sends no longer fits the read buffer. `generation` ties it to one wait.
   void watch_peer(const std::shared_ptr<asio::steady_timer>& timer, std::uint64_t generation);
   /// Closes a connection that has not said Hello in time.
   void arm_hello_timer();

@@ -9,8 +9,8 @@
 #   scripts/sanitizers.sh tsan          TSan (gcc, build-tsan): the concurrency tests: the copy
 #                                       engine (its worker threads), the client's copy helpers, the integration tests
 #                                       (threads sharing a client, the daemon's pre-touch threads)
-#   scripts/sanitizers.sh fuzz [SECS]   libFuzzer (clang, build-fuzz): tests/fuzz for SECS
-#                                       seconds (default 30) from the committed corpus
+#   scripts/sanitizers.sh fuzz [SECS]   libFuzzer (clang, build-fuzz): each tests/fuzz target for SECS
+#                                       seconds (default 30) from its committed corpus
 #   scripts/sanitizers.sh all [SECS]    the three
 #
 # Each build directory is kept between runs and only the targets these tests
@@ -64,7 +64,7 @@ run_fuzz() {
   fi
   CC=clang CXX=clang++ cmake -S . -B build-fuzz -G Ninja -DCMAKE_BUILD_TYPE=RelWithDebInfo -DTENSORSHM_CUDA=OFF \
     -DTENSORSHM_BENCH=OFF -DTENSORSHM_TESTS=ON -DTENSORSHM_FUZZ=ON -DTSHM_FUZZ_SECONDS="$seconds" >/dev/null
-  build_targets build-fuzz tshm_fuzz_frames
+  build_targets build-fuzz tshm_fuzz_frames tshm_fuzz_shared
   ctest --test-dir build-fuzz --output-on-failure --timeout $((seconds + 300)) -R '^fuzz_'
 }
 

@@ -65,8 +65,9 @@ Result<std::shared_ptr<Connection>> Connection::open(Client::Options options) {
     if (choice.path.empty())
       return Error{Errc::permission_denied,
                    "no socket of tensorshmd this client can trust: " + choice.passed_over +
-                       ", so another user could listen there. Remove that directory (a tensorshmd started by you "
-                       "makes it again, mode 0700), or set TENSORSHM_SOCKET to your daemon's socket"};
+                       ", so another user could listen there. Have that directory removed (by its owner or root; "
+                       "a tensorshmd started by you makes it again, mode 0700), or set XDG_RUNTIME_DIR or "
+                       "TENSORSHM_SOCKET to a place of your own"};
     options.socket_path = std::move(choice.path);
   }
   std::shared_ptr<Connection> c(new Connection(std::move(options)));
@@ -118,7 +119,8 @@ Status Connection::connect_locked() {
 
   wire::HelloT hello;
   hello.protocol_version = protocol::kVersion;
-  hello.client_name = options_.client_name;
+  // Shown in the daemon's log only; a frame before Hello holds at most 4 KiB.
+  hello.client_name = options_.client_name.substr(0, 256);
   hello.pid = static_cast<std::int32_t>(pid_);
   wire::BodyUnion u;
   u.Set(std::move(hello));
@@ -371,14 +373,7 @@ Result<std::shared_ptr<Mapping>> Connection::mapping_locked(std::uint32_t segmen
   void* p = ::mmap(nullptr, seg.size, prot, flags, fds[0], 0);
   if (p == MAP_FAILED) return posix_error("mmap", seg.name, errno);
   m->addr = p;
-  const auto* hdr = static_cast<const TshmSegmentHeader*>(p);
-  if (seg.size < sizeof(TshmSegmentHeader) || hdr->magic != TSHM_SEGMENT_MAGIC)
-    return Error{Errc::protocol_error, "segment '" + seg.name + "' has no tensorshm header"};
-  if (hdr->major != TSHM_LAYOUT_MAJOR)
-    return Error{Errc::version_mismatch, "segment '" + seg.name + "' uses layout version " +
-                                             std::to_string(hdr->major) + "." + std::to_string(hdr->minor) +
-                                             "; this client reads major version " +
-                                             std::to_string(TSHM_LAYOUT_MAJOR)};
+  TSHM_TRY(protocol::check_segment_header(std::span(static_cast<const std::byte*>(p), seg.size), seg.name));
   if (seg.dedicated) {
     dedicated_maps_[key] = m;
   } else {

@@ -1,11 +1,13 @@
 // Framing, verification and (un)packing of protocol messages.
 #include "tensorshm/protocol.hpp"
 
+#include <cstddef>
 #include <cstring>
 #include <limits>
 #include <string>
 
 #include "tensorshm/names.hpp"
+#include "tensorshm/segment_layout.h"
 
 namespace tensorshm::protocol {
 namespace {
@@ -186,6 +188,25 @@ const char* type_name(std::uint16_t type) noexcept {
   if (type == kVersionMismatchType) return "VersionMismatch";
   if (type > static_cast<std::uint16_t>(wire::Body::MAX)) return "Unknown";
   return wire::EnumNameBody(static_cast<wire::Body>(type));
+}
+
+Status check_segment_header(std::span<const std::byte> mapped, std::string_view what) {
+  if (mapped.size() < sizeof(TshmSegmentHeader))
+    return Error{Errc::protocol_error, "segment '" + std::string(what) + "' is smaller than its header (" +
+                                          std::to_string(mapped.size()) + " bytes)"};
+  // memcpy: the mapping is page-aligned, but the bytes are anyone's.
+  std::uint64_t magic = 0;
+  std::uint16_t major = 0, minor = 0;
+  std::memcpy(&magic, mapped.data() + offsetof(TshmSegmentHeader, magic), sizeof magic);
+  std::memcpy(&major, mapped.data() + offsetof(TshmSegmentHeader, major), sizeof major);
+  std::memcpy(&minor, mapped.data() + offsetof(TshmSegmentHeader, minor), sizeof minor);
+  if (magic != TSHM_SEGMENT_MAGIC)
+    return Error{Errc::protocol_error, "segment '" + std::string(what) + "' has no tensorshm header"};
+  if (major != TSHM_LAYOUT_MAJOR)
+    return Error{Errc::version_mismatch, "segment '" + std::string(what) + "' uses layout version " +
+                                             std::to_string(major) + "." + std::to_string(minor) +
+                                             "; this side reads major version " + std::to_string(TSHM_LAYOUT_MAJOR)};
+  return ok_status();
 }
 
 std::vector<std::int64_t> c_strides(std::span<const std::int64_t> shape) {

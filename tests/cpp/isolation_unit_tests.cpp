@@ -173,6 +173,28 @@ TEST_CASE("a_pool_segment_that_stays_with_its_class_keeps_its_file") {
   CHECK(f.pool->replaced_segments() == 1);
 }
 
+TEST_CASE("an_unused_segment_that_needs_no_fresh_file_is_taken_before_one_that_does") {
+  OneSegment f;  // re-made below with two segments
+  f.config.pool_size = 2 * kMiB;
+  f.registry.reset();
+  f.pool.reset();
+  auto p = Pool::create(f.config);
+  REQUIRE(p.has_value());
+  f.pool = std::move(p).value();
+  f.registry = std::make_unique<Registry>(*f.pool, f.config);
+  const std::uint32_t alices = f.put(f.alice, "a", 1)->extent.segment_id;
+  REQUIRE(f.registry->remove(f.alice, "a"));
+  // Bob takes the segment nobody used rather than make alice's over.
+  const std::uint32_t bobs = f.put(f.bob, "b", 2)->extent.segment_id;
+  CHECK(bobs != alices);
+  CHECK(f.pool->replaced_segments() == 0);
+  REQUIRE(f.registry->remove(f.bob, "b"));
+  // And each gets its own back.
+  CHECK(f.put(f.alice, "a", 3)->extent.segment_id == alices);
+  CHECK(f.put(f.bob, "b", 4)->extent.segment_id == bobs);
+  CHECK(f.pool->replaced_segments() == 0);
+}
+
 TEST_CASE("versions_a_reader_keeps_alive_count_for_the_reader_not_for_the_owner") {
   OneSegment f(/*max_objects_per_uid=*/3);
   // Bob holds every version alice puts; alice's allowance never runs out.

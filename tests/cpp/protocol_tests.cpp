@@ -649,6 +649,39 @@ TEST_CASE("check_layout_refuses_negative_dims") {
   CHECK(r.error().message.find("negative") != std::string::npos);
 }
 
+TEST_CASE("check_layout_refuses_shapes_numpy_and_torch_cannot_index_even_as_a_one_byte_broadcast") {
+  const std::int64_t big = std::int64_t{1} << 32;
+  auto bomb = layout(dtypes::kUInt8, {big, big, big}, {0, 0, 0});  // 2^96 elements of one byte
+  REQUIRE_FALSE(bomb.has_value());
+  CHECK(bomb.error().code == Errc::invalid_argument);
+  CHECK(bomb.error().message.find("numpy and torch") != std::string::npos);
+  // The bound is elements times the item size below 2^63, whatever the dtype.
+  CHECK(span_bytes(dtypes::kUInt8, {std::int64_t{1} << 31, std::int64_t{1} << 31}, {0, 0}) == 1);
+  CHECK_FALSE(layout(dtypes::kComplex128, {std::int64_t{1} << 30, std::int64_t{1} << 30}, {0, 0}).has_value());
+  CHECK(span_bytes(dtypes::kComplex128, {std::int64_t{1} << 29, std::int64_t{1} << 29}, {0, 0}) == 16);
+  CHECK(span_bytes(dtypes::kFloat32, {0, big, big, big}) == 0);  // empty: nothing to index
+}
+
+TEST_CASE("a_readers_check_of_a_segment_header_refuses_whatever_is_not_one") {
+  alignas(8) std::array<std::byte, TSHM_HEADER_BYTES> page{};
+  auto* h = reinterpret_cast<TshmSegmentHeader*>(page.data());
+  h->magic = TSHM_SEGMENT_MAGIC;
+  h->major = TSHM_LAYOUT_MAJOR;
+  CHECK(proto::check_segment_header(page, "s").has_value());
+  auto short_one = proto::check_segment_header(std::span(page).first(100), "s");
+  REQUIRE_FALSE(short_one.has_value());
+  CHECK(short_one.error().code == Errc::protocol_error);
+  h->major = TSHM_LAYOUT_MAJOR + 1;
+  auto newer = proto::check_segment_header(page, "s");
+  REQUIRE_FALSE(newer.has_value());
+  CHECK(newer.error().code == Errc::version_mismatch);
+  h->major = TSHM_LAYOUT_MAJOR;
+  h->magic ^= 1;  // an owner scribbled over it
+  auto scribbled = proto::check_segment_header(page, "s");
+  REQUIRE_FALSE(scribbled.has_value());
+  CHECK(scribbled.error().message.find("no tensorshm header") != std::string::npos);
+}
+
 TEST_CASE("check_layout_refuses_more_than_32_dims") {
   auto r = layout(dtypes::kFloat32, std::vector<std::int64_t>(33, 1));
   REQUIRE_FALSE(r.has_value());

@@ -6,8 +6,9 @@ uid are in tests/security/test_cross_uid_attacks.py.
   planted names     a symbolic link or a held lock where the old lock was, files
                     named like segments: the daemon starts and writes none of them
   ftruncate         a writer shrinks its segment: the daemon's next write would SIGBUS
-  descriptors       a lingering TCP socket attached to a frame: its close would
-                    freeze the io thread for the linger time
+  descriptors       a lingering TCP socket attached to a frame (or queued in a Unix
+                    socket attached to one): its close would freeze the io thread
+                    for the linger time
   silent sockets    refused connections held open, and connections that never
                     say Hello: they hold no slot
   large frames      8 MiB announced before Hello, or trickled after it: the
@@ -155,17 +156,19 @@ def lingering_socket(linger_s: int) -> tuple[socket.socket, socket.socket, socke
     """A loopback TCP connection whose peer never reads, with SO_LINGER set and
     unsent data queued: its last close waits up to `linger_s` seconds."""
     srv = socket.socket()
+    srv.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # fixed, small: no autotuning drains the sender
     srv.bind(("127.0.0.1", 0))
     srv.listen(1)
     c = socket.create_connection(srv.getsockname())
     acc, _ = srv.accept()
     c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, linger_s))
     c.setblocking(False)
-    try:
-        while True:
-            c.send(b"x" * 65536)
-    except BlockingIOError:
-        pass
+    for _ in range(3):  # until the receiver's window is shut and the send buffer stays full
+        try:
+            while True:
+                c.send(b"x" * 65536)
+        except BlockingIOError:
+            time.sleep(0.02)
     return c, acc, srv
 
 
@@ -180,38 +183,111 @@ def round_trip_seconds(p, name: str) -> float:
     return time.monotonic() - t0
 
 
-@pytest.mark.parametrize("when", ["with its hello", "still queued when the daemon drops the connection"])
+def nest(fd: int, levels: int) -> tuple[int, list[socket.socket]]:
+    """A Unix socket whose receive queue holds `fd`, itself in the queue of
+    another, `levels` deep; returns the outermost and what to keep alive."""
+    keep = []
+    for _ in range(levels):
+        a, b = socket.socketpair()
+        send_with_fd(a, b"x", fd)
+        keep += [a, b]
+        fd = b.fileno()
+    return fd, keep
+
+
+WHEN = ["with its hello", "nested two Unix sockets deep", "still queued when the daemon drops the connection"]
+
+
+@pytest.mark.parametrize("when", WHEN)
 def test_a_lingering_descriptor_sent_to_the_daemon_never_freezes_it(daemons, peers, when):
     d = daemons(args=["--write-timeout-ms", "300"]).start()
     bystander = peers(d)
     bystander.ok("put kept 4096 1")
-    c, acc, srv = lingering_socket(10)
+    base_fds = d.fds_stable()
+    c, acc, srv = lingering_socket(3600)
     s = raw_socket(d)
-    if when == "with its hello":
+    keep = []
+    if when == WHEN[0]:
         send_with_fd(s, frame_hex("hello"), c.fileno())
+    elif when == WHEN[1]:
+        outer, keep = nest(c.fileno(), 2)
+        send_with_fd(s, frame_hex("hello"), outer)
     else:
-        # A List whose reply outgrows the socket: the daemon blocks writing it
-        # (and reads nothing more) until the write timeout drops the
-        # connection, with the descriptor still queued in it unread.
+        # A reply that outgrows the socket: the daemon blocks writing it (and
+        # reads nothing more) until the write timeout drops the connection,
+        # with the descriptor still queued in it unread.
         bystander.ok("fill x/ 1500", timeout=120)
         hello(s)
         s.sendall(frame_hex("list", "x/"))
         time.sleep(0.2)
         send_with_fd(s, frame_hex("stats"), c.fileno())
     c.close()  # the daemon holds the last reference now
+    for k in keep:
+        k.close()
     worst = max(round_trip_seconds(bystander, "kept") for _ in range(5))
-    if when != "with its hello":
+    if when == WHEN[2]:
         wait_until(lambda: "did not read its reply" in d.log.read_text(), "the daemon to drop the non-reader")
-        worst = max(worst, *(round_trip_seconds(bystander, "kept") for _ in range(5)))
     closed = peer_closed(s, timeout=5)
-    for x in (s, acc, srv):
+    # The closer is not wedged either: clients that come and go (and are
+    # dropped) leave no descriptor behind, and see their connection end.
+    for _ in range(20):
+        x = raw_socket(d)
+        hello(x)
+        x.close()
+    dropped = raw_socket(d)
+    dropped.sendall(b"\xff" * 64)
+    dropped_closed = peer_closed(dropped, timeout=5)
+    worst = max(worst, *(round_trip_seconds(bystander, "kept") for _ in range(5)))
+    fds = d.fds_settled(base_fds)
+    for x in (s, acc, srv, dropped):
         x.close()
     assert worst < 2.0, f"a bystander waited {worst:.1f} s: the daemon closed the lingering socket on its io thread"
     assert closed, "the connection that sent a descriptor stayed open"
-    if when == "with its hello":
+    assert dropped_closed and fds == base_fds, f"the closer is stuck: {fds} descriptors, {base_fds} before"
+    if when != WHEN[2]:
         assert "descriptor(s)" in d.log.read_text()
-    record(f"a TCP socket lingering 10 s sent to the daemon ({when})", injected=1, lost=0, leaked=0,
+    record(f"a TCP socket lingering 1 h sent to the daemon ({when})", injected=1, lost=0, leaked=fds - base_fds,
            worst_bystander_round_trip_ms=round(worst * 1000, 1))
+
+
+def test_a_descriptor_nested_too_deep_to_defuse_holds_only_its_own_uid(daemons, peers):
+    # Six Unix sockets deep: past what the closer drains (four levels), so
+    # one closer thread waits out the linger. The daemon serves everyone
+    # meanwhile and refuses only that uid's new connections until it is over.
+    d = daemons().start()
+    bystander = peers(d)
+    bystander.ok("put kept 4096 1")
+    c, acc, srv = lingering_socket(8)
+    outer, keep = nest(c.fileno(), 6)
+    s = raw_socket(d)
+    send_with_fd(s, frame_hex("hello"), outer)
+    c.close()
+    for k in keep:
+        k.close()
+    t0 = time.monotonic()
+    wait_until(lambda: "still closing" in refusal(d), "the uid to count as stuck", timeout=20)
+    worst = max(round_trip_seconds(bystander, "kept") for _ in range(5))
+    wait_until(lambda: refusal(d) == "", "the close to end and the uid to be served again", timeout=30)
+    took = time.monotonic() - t0
+    for x in (s, acc, srv):
+        x.close()
+    assert worst < 2.0, f"a bystander waited {worst:.1f} s"
+    record("a lingering TCP socket nested 6 Unix sockets deep (linger 8 s)", injected=1, lost=0, leaked=0,
+           uid_refused_for_s=round(took, 1), worst_bystander_round_trip_ms=round(worst * 1000, 1))
+
+
+def refusal(d) -> str:
+    """The refusal a new connection of this uid gets, or "" when it is served."""
+    x = raw_socket(d)
+    try:
+        try:
+            x.sendall(frame_hex("hello"))
+        except (BrokenPipeError, ConnectionResetError):
+            pass  # refused and closed already: its answer waits to be read
+        type_, request_id, body = read_frame(x, timeout=10)
+        return body.decode(errors="replace") if type_ == ERROR_REPLY else ""
+    finally:
+        x.close()
 
 
 # ---- connections that hold slots --------------------------------------------------------

@@ -115,6 +115,13 @@ const char* type_name(std::uint16_t type) noexcept;
 Result<std::uint64_t> check_layout(DType dtype, std::span<const std::int64_t> shape,
                                    std::span<const std::int64_t> strides, std::uint64_t max_bytes);
 
+/// Checks the header at the start of a mapped segment as a reader must
+/// before trusting the mapping (the owner of a segment's objects maps it
+/// writable and can write anything there): at least a header long, the
+/// magic, a major layout version this side reads. protocol_error or
+/// version_mismatch naming `what`; never reads past `mapped`.
+Status check_segment_header(std::span<const std::byte> mapped, std::string_view what);
+
 /// C-order strides (elements) for a shape.
 std::vector<std::int64_t> c_strides(std::span<const std::int64_t> shape);
 

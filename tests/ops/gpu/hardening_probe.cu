@@ -5,7 +5,7 @@
 // The parent plays a producer: it allocates device memory, fills it, records
 // an interprocess event and sends both IPC handles down a pipe. The child plays
 // the daemon: before touching CUDA it rebuilds, by hand, what the unit asks
-// systemd for, then pins a /dev/shm segment, opens both handles, waits on the
+// systemd for, then pins a segment (a sealed memfd, as the daemon's), opens both handles, waits on the
 // event and copies the device memory into the pinned segment, and checks the
 // bytes. It then reports the device groups and socket families it holds open,
 // any writable+executable mappings, and every system call the unit's filter
@@ -263,14 +263,15 @@ int daemon_role(int from_producer) {
     std::fprintf(stderr, "FAIL reading handles\n");
     return 1;
   }
-  const std::string name = "/tensorshm.probe." + std::to_string(getpid());
-  const int fd = shm_open(name.c_str(), O_CREAT | O_RDWR | O_EXCL, 0600);
-  if (fd < 0 || ftruncate(fd, kBytes) != 0) {
-    std::perror("FAIL shm_open/ftruncate");
+  // A segment as the daemon makes it: a sealed memory file (daemon/segment.cpp).
+  const std::string name = "tensorshm.probe." + std::to_string(getpid());
+  const int fd = memfd_create(name.c_str(), MFD_CLOEXEC | MFD_ALLOW_SEALING);
+  if (fd < 0 || fchmod(fd, 0600) != 0 || ftruncate(fd, kBytes) != 0 ||
+      fcntl(fd, F_ADD_SEALS, F_SEAL_SHRINK | F_SEAL_GROW | F_SEAL_SEAL) != 0 || fallocate(fd, 0, 0, kBytes) != 0) {
+    std::perror("FAIL memfd_create/fchmod/ftruncate/F_ADD_SEALS/fallocate");
     return 1;
   }
   void* host = mmap(nullptr, kBytes, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_POPULATE, fd, 0);
-  shm_unlink(name.c_str());
   if (host == MAP_FAILED) {
     std::perror("FAIL mmap");
     return 1;
