@@ -229,6 +229,12 @@ int HostCudaApi::event_queries() const {
   std::lock_guard lk(mu_);
   return event_queries_;
 }
+int HostCudaApi::event_queries_between(std::chrono::steady_clock::time_point from,
+                                       std::chrono::steady_clock::time_point to) const {
+  std::lock_guard lk(mu_);
+  return static_cast<int>(std::count_if(query_times_.begin(), query_times_.end(),
+                                        [&](auto t) { return t >= from && t < to; }));
+}
 
 int HostCudaApi::local_events_live() const {
   std::lock_guard lk(mu_);
@@ -441,6 +447,7 @@ Result<bool> HostCudaApi::query_event(int, void* event, std::string_view object)
   OpenedEvent* e = event_of(event);
   if (e == nullptr) return simulated("cudaEventQuery", object, "cudaErrorInvalidResourceHandle");
   ++event_queries_;
+  query_times_.push_back(std::chrono::steady_clock::now());
   if (!e->state->complete) return false;
   if (!e->state->error) return e->state->error.error();
   return true;

@@ -82,6 +82,9 @@ class HostCudaApi final : public CudaApi {
   int mem_opens() const;
   int event_handles_open() const;
   int event_queries() const;
+  /// Event queries made in [from, to), counted by when they happened, so that
+  /// a test thread that runs late still counts the right ones.
+  int event_queries_between(std::chrono::steady_clock::time_point from, std::chrono::steady_clock::time_point to) const;
   /// The daemon's own events (create_event): live now, and made in all.
   int local_events_live() const;
   int local_events_created() const;
@@ -183,6 +186,7 @@ class HostCudaApi final : public CudaApi {
   std::condition_variable unblocked_;
   int mem_opens_ = 0;
   int event_queries_ = 0;
+  std::vector<std::chrono::steady_clock::time_point> query_times_;  // of the event queries, in order
   int streams_created_ = 0;
   std::size_t copies_run_ = 0;
   bool straddled_ = false;

@@ -20,6 +20,7 @@ void IoAwake::until(Clock::time_point until) {
   while (seen < t && !state_->until.compare_exchange_weak(seen, t)) {
   }
   if (seen >= t || !open(t)) return;  // within the open window already, or over
+  state_->last_asked.store(Clock::now().time_since_epoch().count(), std::memory_order_relaxed);
   state_->windows.fetch_add(1, std::memory_order_relaxed);
   if (!state_->running.exchange(true))
     boost::asio::post(io_, [&io = io_, state = state_] { round(io, state); });

@@ -38,6 +38,11 @@ class IoAwake {
   std::uint64_t rounds() const noexcept { return state_->rounds.load(std::memory_order_relaxed); }
   /// Windows asked for (calls of until() that reached past the open window).
   std::uint64_t windows() const noexcept { return state_->windows.load(std::memory_order_relaxed); }
+  /// When the latest window was asked for (tests: windows are counted by when
+  /// they opened, however late the test thread looks).
+  Clock::time_point last_window_asked() const noexcept {
+    return Clock::time_point(Clock::duration(state_->last_asked.load(std::memory_order_relaxed)));
+  }
 
  private:
   // Shared with the queued handler, which may outlive this object (it then
@@ -47,6 +52,7 @@ class IoAwake {
     std::atomic<bool> running{false};  // a round is queued or running
     std::atomic<std::uint64_t> rounds{0};
     std::atomic<std::uint64_t> windows{0};
+    std::atomic<Clock::rep> last_asked{0};
   };
   static void round(boost::asio::io_context& io, const std::shared_ptr<State>& state);
 

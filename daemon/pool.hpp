@@ -38,6 +38,15 @@ struct ReaderClass {
   bool writable_by(std::uint32_t uid) const noexcept { return uid == 0 || uid == owner_uid; }
 };
 
+/// May a peer map a segment whose objects are of class `cls` (empty: an
+/// unused pool segment, which only root may map)? Read-only: whoever may read
+/// the class; writable: its owner, or root.
+inline bool may_map(const std::optional<ReaderClass>& cls, bool writable, std::uint32_t uid,
+                    std::uint32_t gid) noexcept {
+  if (!cls) return uid == 0;
+  return writable ? cls->writable_by(uid) : cls->readable_by(uid, gid);
+}
+
 struct Extent {
   std::uint32_t segment_id = 0;
   std::uint64_t offset = 0;  // bytes from the segment start, page-aligned

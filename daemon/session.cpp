@@ -629,10 +629,7 @@ Reply Session::on_map_segment(const wire::MapSegmentT& m) {
     return error_reply(Error{Errc::not_found, "map: no segment " + std::to_string(m.segment_id)});
   // A segment holds objects of one reader class: hand it only to those who
   // may read all of them, and writable only to their owner.
-  const auto cls = server_.pool().segment_class(m.segment_id);
-  const bool allowed = cls ? (m.writable ? cls->writable_by(caller_.uid) : cls->readable_by(caller_.uid, caller_.gid))
-                           : caller_.uid == 0;
-  if (!allowed)
+  if (!may_map(server_.pool().segment_class(m.segment_id), m.writable, caller_.uid, caller_.gid))
     return error_reply(Error{Errc::permission_denied, "map: segment " + std::to_string(m.segment_id) +
                                                           " holds objects uid " + std::to_string(caller_.uid) +
                                                           " may not " + (m.writable ? "write" : "read")});

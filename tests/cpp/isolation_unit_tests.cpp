@@ -94,6 +94,35 @@ struct OneSegment {
   const std::byte* data(const Object& o) const { return pool->segment(o.extent.segment_id)->base() + o.data_offset; }
 };
 
+TEST_CASE("who_may_read_write_and_map_a_segment_of_each_reader_class") {
+  const std::uint32_t alice = 1000, bob = 2000, root = 0, team = 100, other = 200;
+  const ReaderClass owner{alice, 0, 0}, group{alice, 1, team}, everyone{alice, 2, 0};
+  // Reading: the owner, root, the group of a group class, anyone for everyone.
+  CHECK(owner.readable_by(alice, other));
+  CHECK(owner.readable_by(root, other));
+  CHECK_FALSE(owner.readable_by(bob, team));
+  CHECK(group.readable_by(bob, team));
+  CHECK_FALSE(group.readable_by(bob, other));
+  CHECK(everyone.readable_by(bob, other));
+  // Writing: the owner and root only, whatever the sharing.
+  for (const ReaderClass& c : {owner, group, everyone}) {
+    CHECK(c.writable_by(alice));
+    CHECK(c.writable_by(root));
+    CHECK_FALSE(c.writable_by(bob));
+  }
+  // Mapping: read-only as reading allows, writable as writing allows; an
+  // unused segment only by root (it may next hold anybody's objects).
+  CHECK(may_map(everyone, false, bob, other));
+  CHECK_FALSE(may_map(everyone, true, bob, other));
+  CHECK(may_map(group, false, bob, team));
+  CHECK_FALSE(may_map(group, false, bob, other));
+  CHECK_FALSE(may_map(owner, false, bob, team));
+  CHECK(may_map(owner, true, alice, other));
+  CHECK_FALSE(may_map(std::nullopt, false, alice, team));
+  CHECK_FALSE(may_map(std::nullopt, true, bob, team));
+  CHECK(may_map(std::nullopt, true, root, root));
+}
+
 TEST_CASE("a_segment_is_a_memory_file_no_holder_can_resize_and_only_the_daemons_uid_can_reopen") {
   Segment::Params p;
   p.name = "tensorshm." + instance_name() + ".p1";

@@ -24,6 +24,11 @@ import time
 from pathlib import Path
 from typing import Callable, Iterable, Sequence
 
+import sys as _sys
+
+_sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from lifetime import die_with_parent  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[2]
 SHM = Path("/dev/shm")
 _counter = 0
@@ -151,7 +156,8 @@ class Daemon:
         with open(self.log, "ab") as out:
             out.write(f"==== start {self.starts + 1}: {' '.join(self.cmd)}\n".encode())
             out.flush()
-            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            self.proc = subprocess.Popen(self.cmd, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+                                         preexec_fn=die_with_parent)
         self.starts += 1
         if wait:
             wait_until(lambda: self._answers(), f"tensorshmd to listen on {self.sock}\n{self.log_tail()}", 60)
@@ -301,7 +307,8 @@ class Peer:
             uid, gid = (user.uid, user.gid) if hasattr(user, "uid") else user
             wrapper = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
         self.proc = subprocess.Popen([*wrapper, fault_peer(), *args], stdin=subprocess.PIPE, stdout=stdout,
-                                     stderr=subprocess.STDOUT if stdout == subprocess.PIPE else stdout, env=env)
+                                     stderr=subprocess.STDOUT if stdout == subprocess.PIPE else stdout, env=env,
+                                     preexec_fn=die_with_parent)
         self._buf = b""
 
     def send(self, line: str) -> None:

@@ -58,37 +58,48 @@ def hello(s: socket.socket) -> None:
 # ---- names planted before the daemon starts -------------------------------------------
 
 
-def test_links_and_locks_planted_under_the_instances_old_names_neither_stop_nor_redirect_the_daemon(daemons, peers,
-                                                                                                    workdir):
+PLANTED = ["a link at the old lock", "a held lock file", "200 segment names"]
+
+
+@pytest.mark.parametrize("what", PLANTED)
+def test_names_planted_in_dev_shm_before_the_daemon_starts_neither_stop_nor_redirect_it(daemons, peers, workdir,
+                                                                                          what):
     d = daemons(pool="16M", segment="8M")
     victim = workdir / "victim"
     victim.write_text("precious")
-    lock = SHM / f"tensorshm.{d.instance}.lock"
-    lock.symlink_to(victim)  # the old lock: a root daemon followed it, truncated the target and wrote its pid
-    planted = [SHM / f"tensorshm.{d.instance}.d{i}" for i in range(3, 203)]  # made large creates fail with EEXIST
-    held = SHM / f"tensorshm.{d.instance}.p1"
-    try:
+    lock = SHM / f"tensorshm.{d.instance}.lock"  # where the lock used to be
+    planted = []
+    holder = None
+    if what == PLANTED[0]:
+        lock.symlink_to(victim)  # a root daemon followed it, truncated the target and wrote its pid
+        planted.append(lock)
+    elif what == PLANTED[1]:
+        lock.write_bytes(b"")
+        holder = os.open(lock, os.O_RDWR)
+        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another user's lock: "another tensorshmd (pid ?)"
+        planted.append(lock)
+    else:
+        planted += [SHM / f"tensorshm.{d.instance}.d{i}" for i in range(3, 203)]  # large creates hit EEXIST
+        planted.append(SHM / f"tensorshm.{d.instance}.p1")
         for p in planted:
             p.write_bytes(b"")
-        held.write_bytes(b"")
-        holder = os.open(held, os.O_RDWR)
-        fcntl.flock(holder, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another process's lock on a planted file
+    failed = 0
+    try:
         d.start()
         c = peers(d)
-        failed = 0
         for i in range(5):
             failed += c.cmd(f"put big/{i} {12 * MIB} {i}")["status"] != "ok"  # dedicated segments
         c.ok("put small 1000 1")
         assert failed == 0, f"{failed} of 5 large creates failed beside the planted files"
         assert victim.read_text() == "precious", "the daemon wrote through a planted link"
-        assert all(p.read_bytes() == b"" for p in planted)
-        os.close(holder)
+        assert all(p.is_symlink() or p.read_bytes() == b"" for p in planted)
     finally:
-        for p in [*planted, held, lock]:
+        if holder is not None:
+            os.close(holder)
+        for p in planted:
             p.unlink(missing_ok=True)
     d.stop()
-    record("names planted in /dev/shm before start: a link at the old lock, a held lock, 200 segment names",
-           injected=3, lost=0, leaked=0, failed_creates=failed)
+    record(f"planted in /dev/shm before start: {what}", injected=1, lost=0, leaked=0, failed_creates=failed)
 
 
 def test_a_link_planted_at_the_lock_beside_the_socket_is_refused_and_not_followed(daemons, workdir):
@@ -147,6 +158,30 @@ def test_a_writer_cannot_shrink_a_dedicated_segment_before_its_seal(daemons, pee
     assert d.proc.poll() is None
     record("a writer ftruncates a dedicated segment before its seal", injected=1, lost=0, leaked=0,
            daemon_crashes=0 if alive else 1)
+
+
+def test_every_descriptor_a_reader_is_handed_is_read_only(daemons, peers):
+    # The owner's own readers included: no path that hands out a descriptor
+    # (MapSegment, a get of a dedicated segment) gives a reader one it could
+    # map writable. Runs as any uid (tests/security repeats it across uids).
+    d = daemons(pool="16M", segment="8M").start()
+    owner, reader = peers(d), peers(d)
+    small = owner.ok("put own/small 100000 1")
+    created = owner.ok(f"rawcreate own/big {12 * MIB}")  # the writer's descriptor: read-write, as it must be
+    assert created["fds"] == "1"
+    owner.ok("rawseal")
+    handed = {
+        "get of a dedicated segment": reader.ok("rawget own/big")["fd_mode"],
+        "MapSegment, read-only": reader.ok(f"map {small['segment']} 0")["fd_mode"],
+        "get of a pool object": reader.ok("rawget own/small")["fd_mode"],  # none: its segment is mapped once
+    }
+    assert handed == {"get of a dedicated segment": "ro", "MapSegment, read-only": "ro",
+                      "get of a pool object": "none"}, handed
+    for name in ("own/small", "own/big"):
+        assert reader.ok(f"hold {name}")["readonly"] == "1"
+        assert reader.ok("mprotect")["mprotect"] == "refused"
+    record("descriptors handed to a reader of the same uid (dedicated get, MapSegment), mprotect of its views",
+           injected=4, lost=0, leaked=0)
 
 
 # ---- descriptors sent to the daemon ------------------------------------------------------

@@ -12,6 +12,11 @@ import subprocess
 import time
 
 import pytest
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from skipped_run import pytest_sessionfinish  # noqa: E402,F401  (all skipped: exit 77, "skipped" in CTest)
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 

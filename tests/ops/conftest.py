@@ -14,6 +14,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+import sys
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from lifetime import die_with_parent  # noqa: E402
+from skipped_run import pytest_sessionfinish  # noqa: E402,F401  (all skipped: exit 77, "skipped" in CTest)
 
 REPO = Path(__file__).resolve().parents[2]
 SHM = Path("/dev/shm")
@@ -86,8 +91,12 @@ class Daemon:
     def __init__(self, argv, log_path, env=None, preexec_fn=None):
         self.log_path = Path(log_path)
         self._log = open(self.log_path, "wb")
-        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log, env=env,
-                                     preexec_fn=preexec_fn)
+        def child():
+            die_with_parent()
+            if preexec_fn is not None:
+                preexec_fn()
+
+        self.proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=self._log, env=env, preexec_fn=child)
         self.signalled = False
 
     @property

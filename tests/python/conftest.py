@@ -25,6 +25,10 @@ import pytest
 
 import tensorshm
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
+from lifetime import die_with_parent  # noqa: E402
+from skipped_run import pytest_sessionfinish  # noqa: E402,F401  (all skipped: exit 77, "skipped" in CTest)
+
 HERE = Path(__file__).resolve().parent
 REPO = HERE.parent.parent
 POOL = "96M"
@@ -70,7 +74,7 @@ def daemon() -> Iterator[Daemon]:
     cmd = [_daemon_binary(), "--socket", sock, "--instance", instance, "--pool-size", POOL,
            "--segment-size", SEGMENT, "--pretouch-threads", "1", "--socket-mode", "0666", "--cuda", "off"]
     with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
     d = Daemon(sock, instance, proc, log)
     old_env = os.environ.get("TENSORSHM_SOCKET")
     os.environ["TENSORSHM_SOCKET"] = sock

@@ -136,9 +136,8 @@ def test_the_bytes_of_a_deleted_object_never_reach_another_uids_mapping(users, d
         assert pub["segment"] != secret["segment"], "a segment changed owner without a fresh memory file"
         assert d.segments() and len(d.segments()) == 1, d.segments()  # the pool's one segment, replaced
         tries += 1
-        mapped = bob.cmd(f"map {pub['segment']} 0")
-        if mapped["status"] == "ok":
-            leaks += bob.ok(f"scan {500 + i}")["found"] == "1"
+        bob.ok(f"map {pub['segment']} 0")  # bob may read bob's object: the map must work, or the scan proves nothing
+        leaks += bob.ok(f"scan {500 + i}")["found"] == "1"
         d.stop()
     record("bytes of another uid's deleted private object in a reused pool segment (scan of a reader's mapping)",
            injected=tries, lost=0, leaked=leaks)
