@@ -85,6 +85,8 @@ void print_stats(const tensorshm::Stats& s, bool json, bool prom) {
     m("copied_bytes_total", "counter", "Bytes copied device-to-host.", double(s.bytes_copied));
     m("cuda_devices", "gauge", "GPUs the daemon copies from.", double(s.cuda_devices));
     m("uptime_seconds", "gauge", "Seconds since the daemon started.", s.uptime_s);
+    m("quarantined_bytes", "gauge", "Pool bytes a timed-out GPU copy may still write (never reused).",
+      double(s.quarantined_bytes));
     return;
   }
   if (json) {
@@ -94,7 +96,8 @@ void print_stats(const tensorshm::Stats& s, bool json, bool prom) {
               << ", \"open_creates\": " << s.open_creates << ", \"leases\": " << s.leases
               << ", \"clients\": " << s.clients << ", \"puts\": " << s.puts << ", \"gets\": " << s.gets
               << ", \"copies\": " << s.copies << ", \"bytes_copied\": " << s.bytes_copied
-              << ", \"cuda_devices\": " << s.cuda_devices << ", \"uptime_s\": " << s.uptime_s << "}\n";
+              << ", \"cuda_devices\": " << s.cuda_devices << ", \"uptime_s\": " << s.uptime_s
+              << ", \"quarantined_bytes\": " << s.quarantined_bytes << "}\n";
     return;
   }
   std::cout << "pool          " << human(s.pool_used_bytes) << " used of " << human(s.pool_bytes) << " in "
@@ -105,7 +108,8 @@ void print_stats(const tensorshm::Stats& s, bool json, bool prom) {
             << "clients       " << s.clients << "\n"
             << "puts / gets   " << s.puts << " / " << s.gets << "\n"
             << "GPU copies    " << s.copies << " (" << human(s.bytes_copied) << "), " << s.cuda_devices
-            << " GPU(s)\n"
+            << " GPU(s)" << (s.quarantined_bytes ? ", " + human(s.quarantined_bytes) + " quarantined" : std::string())
+            << "\n"
             << "uptime        " << std::fixed << std::setprecision(1) << s.uptime_s << " s\n";
 }
 

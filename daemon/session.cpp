@@ -618,6 +618,7 @@ Reply Session::on_stats() {
   s.gets = c.gets;
   s.copies = c.copies;
   s.bytes_copied = c.bytes_copied;
+  s.quarantined_bytes = pool.quarantined_bytes();
   s.cuda_devices = server_.cuda_devices();
   s.uptime_s = server_.uptime_s();
   return reply(std::move(s));

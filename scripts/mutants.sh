@@ -37,7 +37,7 @@ echo "mutants: copying the tree to $SCRATCH/src"
 mkdir -p "$SCRATCH"
 rm -rf "$SCRATCH/src"
 mkdir -p "$SCRATCH/src"
-git ls-files -z --cached --others --exclude-standard | rsync -a --from0 --files-from=- ./ "$SCRATCH/src/"
+git ls-files -z --cached --others --exclude-standard | tar -c --null -T - -f - | tar -x -C "$SCRATCH/src"
 cd "$SCRATCH/src"
 git init -q && git add -A && git -c user.email=m@x -c user.name=mutants commit -qm base
 BUILD=$SCRATCH/build

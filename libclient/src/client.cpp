@@ -338,6 +338,7 @@ Stats Client::stats() {
   s.gets = r.gets;
   s.copies = r.copies;
   s.bytes_copied = r.bytes_copied;
+  s.quarantined_bytes = r.quarantined_bytes;
   s.cuda_devices = r.cuda_devices;
   s.uptime_s = r.uptime_s;
   return s;

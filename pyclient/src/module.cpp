@@ -431,7 +431,7 @@ class PyClient {
                      s.dedicated_bytes, "segments", s.segments, "objects", s.objects, "versions", s.versions,
                      "open_creates", s.open_creates, "leases", s.leases, "clients", s.clients, "puts", s.puts,
                      "gets", s.gets, "copies", s.copies, "bytes_copied", s.bytes_copied, "cuda_devices",
-                     s.cuda_devices, "uptime_s", s.uptime_s);
+                     s.cuda_devices, "uptime_s", s.uptime_s, "quarantined_bytes", s.quarantined_bytes);
   }
 
   double ping() {

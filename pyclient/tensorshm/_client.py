@@ -73,6 +73,8 @@ class Stats(NamedTuple):
     bytes_copied: int
     cuda_devices: int
     uptime_s: float
+    quarantined_bytes: int
+    """Pool bytes a GPU copy that timed out may still write: never reused until the daemon restarts."""
 
 
 class SegmentInfo(NamedTuple):

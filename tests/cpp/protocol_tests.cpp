@@ -275,6 +275,7 @@ TEST_CASE("stats_reply_round_trips_with_every_counter") {
   m.gets = 11;
   m.copies = 12;
   m.bytes_copied = 13;
+  m.quarantined_bytes = 4096;
   m.cuda_devices = 14;
   m.uptime_s = 15.5;
   auto d = round_trip(m);
@@ -292,6 +293,7 @@ TEST_CASE("stats_reply_round_trips_with_every_counter") {
   CHECK(b.gets == 11);
   CHECK(b.copies == 12);
   CHECK(b.bytes_copied == 13);
+  CHECK(b.quarantined_bytes == 4096);
   CHECK(b.cuda_devices == 14);
   CHECK(b.uptime_s == 15.5);
 }

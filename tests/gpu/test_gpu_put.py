@@ -313,6 +313,9 @@ def test_a_producer_killed_mid_copy_leaves_the_daemon_serving(client, daemon_soc
     left_open = open_creates_after(client)
     print(f"\n[{mode}] open creates 30 s after the kill: {left_open}")
     assert left_open == 0, f"{left_open} create(s) still open 30 s after the producer died"
+    # Nothing is quarantined: a put whose event never fired copied nothing, and
+    # a copy in flight completes (the daemon's handle keeps its source alive).
+    assert client.stats().quarantined_bytes == 0
     # The killed put is either complete and right, or not there: never partial.
     # Killed while the put waited for its event (a 20 s kernel still running),
     # nothing was copied: it must be absent (docs/reliability.md).

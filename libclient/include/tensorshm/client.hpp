@@ -127,6 +127,7 @@ struct Stats {
   std::uint64_t puts = 0, gets = 0, copies = 0, bytes_copied = 0;
   int cuda_devices = 0;
   double uptime_s = 0;
+  std::uint64_t quarantined_bytes = 0;  // pool bytes a timed-out GPU copy may still write (never reused)
 };
 
 /// A sealed object version, mapped read-only into this process. Holding it

@@ -2459,6 +2459,7 @@ struct StatsReplyT : public flatbuffers::NativeTable {
   uint64_t bytes_copied = 0;
   int32_t cuda_devices = 0;
   double uptime_s = 0.0;
+  uint64_t quarantined_bytes = 0;
 };
 
 struct StatsReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
@@ -2480,7 +2481,8 @@ struct StatsReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
     VT_COPIES = 26,
     VT_BYTES_COPIED = 28,
     VT_CUDA_DEVICES = 30,
-    VT_UPTIME_S = 32
+    VT_UPTIME_S = 32,
+    VT_QUARANTINED_BYTES = 34
   };
   uint64_t pool_bytes() const {
     return GetField<uint64_t>(VT_POOL_BYTES, 0);
@@ -2527,6 +2529,9 @@ struct StatsReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
   double uptime_s() const {
     return GetField<double>(VT_UPTIME_S, 0.0);
   }
+  uint64_t quarantined_bytes() const {
+    return GetField<uint64_t>(VT_QUARANTINED_BYTES, 0);
+  }
   bool Verify(flatbuffers::Verifier &verifier) const {
     return VerifyTableStart(verifier) &&
            VerifyField<uint64_t>(verifier, VT_POOL_BYTES, 8) &&
@@ -2544,6 +2549,7 @@ struct StatsReply FLATBUFFERS_FINAL_CLASS : private flatbuffers::Table {
            VerifyField<uint64_t>(verifier, VT_BYTES_COPIED, 8) &&
            VerifyField<int32_t>(verifier, VT_CUDA_DEVICES, 4) &&
            VerifyField<double>(verifier, VT_UPTIME_S, 8) &&
+           VerifyField<uint64_t>(verifier, VT_QUARANTINED_BYTES, 8) &&
            verifier.EndTable();
   }
   StatsReplyT *UnPack(const flatbuffers::resolver_function_t *_resolver = nullptr) const;
@@ -2600,6 +2606,9 @@ struct StatsReplyBuilder {
   void add_uptime_s(double uptime_s) {
     fbb_.AddElement<double>(StatsReply::VT_UPTIME_S, uptime_s, 0.0);
   }
+  void add_quarantined_bytes(uint64_t quarantined_bytes) {
+    fbb_.AddElement<uint64_t>(StatsReply::VT_QUARANTINED_BYTES, quarantined_bytes, 0);
+  }
   explicit StatsReplyBuilder(flatbuffers::FlatBufferBuilder &_fbb)
         : fbb_(_fbb) {
     start_ = fbb_.StartTable();
@@ -2627,8 +2636,10 @@ inline flatbuffers::Offset<StatsReply> CreateStatsReply(
     uint64_t copies = 0,
     uint64_t bytes_copied = 0,
     int32_t cuda_devices = 0,
-    double uptime_s = 0.0) {
+    double uptime_s = 0.0,
+    uint64_t quarantined_bytes = 0) {
   StatsReplyBuilder builder_(_fbb);
+  builder_.add_quarantined_bytes(quarantined_bytes);
   builder_.add_uptime_s(uptime_s);
   builder_.add_bytes_copied(bytes_copied);
   builder_.add_copies(copies);
@@ -4411,6 +4422,7 @@ inline void StatsReply::UnPackTo(StatsReplyT *_o, const flatbuffers::resolver_fu
   { auto _e = bytes_copied(); _o->bytes_copied = _e; }
   { auto _e = cuda_devices(); _o->cuda_devices = _e; }
   { auto _e = uptime_s(); _o->uptime_s = _e; }
+  { auto _e = quarantined_bytes(); _o->quarantined_bytes = _e; }
 }
 
 inline flatbuffers::Offset<StatsReply> StatsReply::Pack(flatbuffers::FlatBufferBuilder &_fbb, const StatsReplyT* _o, const flatbuffers::rehasher_function_t *_rehasher) {
@@ -4436,6 +4448,7 @@ inline flatbuffers::Offset<StatsReply> CreateStatsReply(flatbuffers::FlatBufferB
   auto _bytes_copied = _o->bytes_copied;
   auto _cuda_devices = _o->cuda_devices;
   auto _uptime_s = _o->uptime_s;
+  auto _quarantined_bytes = _o->quarantined_bytes;
   return tensorshm::wire::CreateStatsReply(
       _fbb,
       _pool_bytes,
@@ -4452,7 +4465,8 @@ inline flatbuffers::Offset<StatsReply> CreateStatsReply(flatbuffers::FlatBufferB
       _copies,
       _bytes_copied,
       _cuda_devices,
-      _uptime_s);
+      _uptime_s,
+      _quarantined_bytes);
 }
 
 inline MapSegmentT *MapSegment::UnPack(const flatbuffers::resolver_function_t *_resolver) const {
