@@ -52,8 +52,8 @@ SUITES='fault_hostile_clients'
 run_tests() {  # prints "name seconds" of each failed test, fastest first
   local log=$1
   rm -f "$log".*.xml
-  { ctest --test-dir "$BUILD" -j2 --timeout 300 "${TESTS[@]}" --output-junit "$log.cpp.xml"
-    ctest --test-dir "$BUILD" --timeout 600 -R "^($SUITES)\$" --output-junit "$log.suites.xml"; } >"$log" 2>&1 || true
+  { ctest --test-dir "$BUILD" -j2 --timeout 300 --output-on-failure "${TESTS[@]}" --output-junit "$log.cpp.xml"
+    ctest --test-dir "$BUILD" --timeout 600 --output-on-failure -R "^($SUITES)\$" --output-junit "$log.suites.xml"; } >"$log" 2>&1 || true
   python3 - "$log".*.xml <<'PY'
 import sys, xml.etree.ElementTree as ET
 failed = []
