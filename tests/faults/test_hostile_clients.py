@@ -237,10 +237,11 @@ WHEN = ["with its hello", "nested two Unix sockets deep", "still queued when the
 
 @pytest.mark.parametrize("when", WHEN)
 def test_a_lingering_descriptor_sent_to_the_daemon_never_freezes_it(daemons, peers, when):
-    d = daemons(args=["--write-timeout-ms", "300"]).start()
+    d = daemons(args=["--write-timeout-ms", "2000"]).start()
     bystander = peers(d)
     bystander.ok("put kept 4096 1")
     base_fds = d.fds_stable()
+    stats = frame_hex("stats")
     c, acc, srv = lingering_socket(10)
     s = raw_socket(d)
     keep = []
@@ -256,8 +257,8 @@ def test_a_lingering_descriptor_sent_to_the_daemon_never_freezes_it(daemons, pee
         bystander.ok("fill x/ 1500", timeout=120)
         hello(s)
         s.sendall(frame_hex("list", "x/"))
-        time.sleep(0.2)
-        send_with_fd(s, frame_hex("stats"), c.fileno())
+        time.sleep(0.2)  # well within the 2 s before the daemon drops the connection
+        send_with_fd(s, stats, c.fileno())
     c.close()  # the daemon holds the last reference now
     for k in keep:
         k.close()
@@ -289,12 +290,16 @@ def test_a_lingering_descriptor_sent_to_the_daemon_never_freezes_it(daemons, pee
 
 def test_a_descriptor_nested_too_deep_to_defuse_holds_only_its_own_uid(daemons, peers):
     # Six Unix sockets deep: past what the closer drains (four levels), so
-    # one closer thread waits out the linger. The daemon serves everyone
-    # meanwhile and refuses only that uid's new connections until it is over.
+    # the close of the lingering socket waits out its linger on a closer
+    # thread. The daemon serves everyone meanwhile and refuses only that uid's
+    # new connections until it is over. (Under heavy unix-socket traffic the
+    # kernel's garbage collector may close the nested sockets itself, in its
+    # own worker: then nothing blocks in the daemon at all, which the test
+    # records and accepts.)
     d = daemons().start()
     bystander = peers(d)
     bystander.ok("put kept 4096 1")
-    c, acc, srv = lingering_socket(8)
+    c, acc, srv = lingering_socket(15)
     outer, keep = nest(c.fileno(), 6)
     s = raw_socket(d)
     send_with_fd(s, frame_hex("hello"), outer)
@@ -302,15 +307,24 @@ def test_a_descriptor_nested_too_deep_to_defuse_holds_only_its_own_uid(daemons, 
     for k in keep:
         k.close()
     t0 = time.monotonic()
-    wait_until(lambda: "still closing" in refusal(d), "the uid to count as stuck", timeout=20)
-    worst = max(round_trip_seconds(bystander, "kept") for _ in range(5))
-    wait_until(lambda: refusal(d) == "", "the close to end and the uid to be served again", timeout=30)
+    refused = False
+    worst = 0.0
+    while time.monotonic() - t0 < 6 and not refused and "took" not in d.log.read_text():
+        refused = "still closing" in refusal(d)
+        worst = max(worst, round_trip_seconds(bystander, "kept"))
+        time.sleep(0.1)
+    if refused:
+        wait_until(lambda: refusal(d) == "", "the close to end and the uid to be served again", timeout=60)
     took = time.monotonic() - t0
+    blocked = "took" in d.log.read_text()  # the closer logs a close of more than a second when it ends
+    worst = max(worst, *(round_trip_seconds(bystander, "kept") for _ in range(3)))
     for x in (s, acc, srv):
         x.close()
     assert worst < 2.0, f"a bystander waited {worst:.1f} s"
-    record("a lingering TCP socket nested 6 Unix sockets deep (linger 8 s)", injected=1, lost=0, leaked=0,
-           uid_refused_for_s=round(took, 1), worst_bystander_round_trip_ms=round(worst * 1000, 1))
+    assert refused or not blocked, "a close blocked a closer thread for over a second, yet the uid was not refused"
+    record("a lingering TCP socket nested 6 Unix sockets deep (linger 15 s)", injected=1, lost=0, leaked=0,
+           blocked_a_closer_thread=int(blocked), uid_refused_for_s=round(took, 1) if refused else 0,
+           worst_bystander_round_trip_ms=round(worst * 1000, 1))
 
 
 def refusal(d) -> str:
