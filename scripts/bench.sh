@@ -28,8 +28,8 @@ if ((${#missing[@]})); then
 fi
 
 BUILD_DIR=$BUILD_DIR ./scripts/build.sh >/dev/null
-if [[ -f pyclient/pyproject.toml ]]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation ./pyclient
+if [[ -f pyproject.toml ]]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation .
 fi
 
 # matplotlib for the plot, Ray as a peer. numpy stays Debian's: a newer numpy

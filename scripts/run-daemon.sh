@@ -6,7 +6,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 ./scripts/setup-debian.sh
 ./scripts/build.sh >/dev/null
-if [[ -f pyclient/pyproject.toml ]]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation ./pyclient
+if [[ -f pyproject.toml ]]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation .
 fi
 exec build/daemon/tensorshmd "$@"

@@ -35,4 +35,13 @@ if ! .venv/bin/python -c "import nanobind, scikit_build_core, pytest, ml_dtypes"
   .venv/bin/python -m pip install -q --disable-pip-version-check -r scripts/requirements-dev.txt
   touch .venv/.requirements-stamp
 fi
+# The sdist test (tests/dist) builds the sdist in a fresh venv with build
+# isolation and no index: pip takes pyproject.toml's build requirements from
+# this wheelhouse.
+if [[ ! -f .venv/wheelhouse/.stamp || pyproject.toml -nt .venv/wheelhouse/.stamp ]]; then
+  mapfile -t build_requires < <(.venv/bin/python -c \
+    'import tomllib; print("\n".join(tomllib.load(open("pyproject.toml", "rb"))["build-system"]["requires"]))')
+  .venv/bin/python -m pip download -q --disable-pip-version-check -d .venv/wheelhouse "${build_requires[@]}"
+  touch .venv/wheelhouse/.stamp
+fi
 echo "setup: done"

@@ -10,8 +10,8 @@ cd "$(dirname "$0")/.."
 # adapter against Debian's libtorch.
 ./scripts/build.sh -DTENSORSHM_WERROR=ON -DTENSORSHM_TESTS=ON -DTENSORSHM_BENCH=ON \
   -DTENSORSHM_CUDA=AUTO -DTENSORSHM_TORCH=ON -DTENSORSHM_DAEMON=ON
-if [[ -f pyclient/pyproject.toml ]]; then
-  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation ./pyclient
+if [[ -f pyproject.toml ]]; then
+  .venv/bin/python -m pip install -q --disable-pip-version-check --no-build-isolation .
 fi
 ctest --test-dir build --output-on-failure --timeout 900 --no-tests=error
 # Sanitizers and fuzzing (docs/reliability.md): the C++ tests under ASan+UBSan

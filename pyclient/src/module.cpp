@@ -434,6 +434,16 @@ class PyClient {
                      s.cuda_devices, "uptime_s", s.uptime_s, "quarantined_bytes", s.quarantined_bytes);
   }
 
+  std::string stats_prometheus() {
+    auto c = client();
+    Stats s;
+    {
+      nb::gil_scoped_release nogil;
+      s = c->stats();
+    }
+    return prometheus_text(s);
+  }
+
   double ping() {
     auto c = client();
     nb::gil_scoped_release nogil;
@@ -565,6 +575,7 @@ NB_MODULE(_tensorshm, m) {
   using namespace tensorshm::python;
 
   m.doc() = "Low-level binding of libtensorshm; use the `tensorshm` package instead.";
+  m.attr("__version__") = TENSORSHM_VERSION;  // project(VERSION) in CMakeLists.txt: the one version number
 
   nb::register_exception_translator([](const std::exception_ptr& p, void*) {
     try {
@@ -647,5 +658,6 @@ NB_MODULE(_tensorshm, m) {
       .def("stat", &PyClient::stat, "name"_a)
       .def("remove", &PyClient::remove, "name"_a)
       .def("stats", &PyClient::stats)
+      .def("stats_prometheus", &PyClient::stats_prometheus)
       .def("ping", &PyClient::ping);
 }

@@ -9,11 +9,15 @@ tensorshmd's shared memory, with no copy on the reading side.
     with c.create("camera/0", shape=(1080, 1920, 3), dtype="uint8") as buf:
         buf[...] = frame                            # written in place, sealed at the end of the block
 
+    with tensorshm.local_daemon(pool_size="1G"):   # start a private daemon for this program
+        ...
+
 The API reference is docs/python.md.
 """
 
 from __future__ import annotations
 
+from . import _tensorshm
 from ._client import (
     Client,
     Creation,
@@ -29,6 +33,7 @@ from ._client import (
     default_socket_path,
     info,
 )
+from ._daemon import LocalDaemon, local_daemon
 from ._errors import (
     CudaError,
     DaemonUnreachable,
@@ -49,11 +54,11 @@ from ._errors import (
     VersionMismatch,
 )
 
-__version__ = "0.1.0"
+__version__: str = _tensorshm.__version__
 
 __all__ = [
     "Client", "Creation", "DaemonInfo", "Object", "ObjectInfo", "PutFuture", "SegmentInfo", "Share", "Stats",
-    "connect", "cuda_supported", "default_socket_path", "info",
+    "connect", "cuda_supported", "default_socket_path", "info", "LocalDaemon", "local_daemon",
     "Error", "NotFound", "Timeout", "PoolExhausted", "InvalidName", "InvalidArgument", "UnsupportedDtype",
     "ProtocolError", "VersionMismatch", "PermissionDenied", "NotOpen", "LimitExceeded", "DaemonUnreachable",
     "NoGpu", "CudaError", "SystemCallError", "InternalError",

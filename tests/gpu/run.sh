@@ -100,10 +100,10 @@ section "build (background): Python extension and libtorch adapter check"
 PYDIR=$WORK/site
 (
   set -x
-  TENSORSHM_FLATBUFFERS_INCLUDE=$KIT/include TENSORSHM_CUDA=ON CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
+  TENSORSHM_FLATBUFFERS_INCLUDE=$KIT/include TENSORSHM_CUDA=ON TENSORSHM_DAEMON=OFF CMAKE_BUILD_PARALLEL_LEVEL=$JOBS \
     CMAKE_ARGS="-DCMAKE_CUDA_ARCHITECTURES=90" \
     timeout 420 $PY -m pip install -v --no-build-isolation --no-deps --no-index --target "$PYDIR" \
-      --config-settings=build-dir="$WORK/pybuild" ./pyclient
+      --config-settings=build-dir="$WORK/pybuild" .
 ) > "$OUT/pip-build.log" 2>&1 &
 PIP_PID=$!
 (

@@ -1,8 +1,9 @@
-"""One real tensorshmd per test session, on a temporary socket.
+"""One real tensorshmd per test session, on a temporary socket, started by
+tensorshm.local_daemon.
 
 The daemon binary comes from $TENSORSHMD (CTest sets it) or build/daemon/tensorshmd.
-It runs with a unique --instance, so its segments are /dev/shm/tensorshm.<instance>.*;
-at the end it is stopped with SIGTERM and must leave none of them behind.
+It runs with a unique --instance; at the end it is stopped with SIGTERM, must exit 0
+and leave nothing in /dev/shm or beside its socket.
 $TENSORSHM_SOCKET points at it for the whole session, so that tensorshm.connect()
 and every child process (tests/python/peer.py) find it without arguments.
 """
@@ -13,11 +14,9 @@ import glob
 import json
 import os
 import re
-import signal
 import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Iterator, NamedTuple
 
@@ -26,7 +25,6 @@ import pytest
 import tensorshm
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "common"))
-from lifetime import die_with_parent  # noqa: E402
 from skipped_run import pytest_sessionfinish  # noqa: E402,F401  (all skipped: exit 77, "skipped" in CTest)
 
 HERE = Path(__file__).resolve().parent
@@ -38,7 +36,7 @@ SEGMENT = "16M"  # objects above this get a dedicated segment
 class Daemon(NamedTuple):
     socket: str
     instance: str
-    proc: subprocess.Popen
+    local: tensorshm.LocalDaemon
     log: Path
 
 
@@ -49,56 +47,32 @@ def _daemon_binary() -> str:
     return path
 
 
-def _wait_ready(d: Daemon) -> None:
-    deadline = time.monotonic() + 30
-    while True:
-        if d.proc.poll() is not None:
-            pytest.exit(f"tensorshmd exited with {d.proc.returncode}:\n{d.log.read_text()}", 2)
-        try:
-            with tensorshm.connect(d.socket) as c:
-                c.ping()
-            return
-        except tensorshm.DaemonUnreachable:
-            if time.monotonic() > deadline:
-                pytest.exit(f"tensorshmd did not answer on {d.socket}:\n{d.log.read_text()}", 2)
-            time.sleep(0.05)
-
-
 @pytest.fixture(scope="session")
 def daemon() -> Iterator[Daemon]:
+    # tensorshm.local_daemon starts it, as a user's program would, but on a
+    # socket in a directory another user can reach (the permission test).
     tmp = Path(tempfile.mkdtemp(prefix="tensorshm-pytest-"))
-    tmp.chmod(0o711)  # the permission test's other user must reach the socket
+    tmp.chmod(0o711)
     instance = f"pytest{os.getpid()}"
     sock = str(tmp / "tensorshmd.sock")
-    log = tmp / "tensorshmd.log"
-    cmd = [_daemon_binary(), "--socket", sock, "--instance", instance, "--pool-size", POOL,
-           "--segment-size", SEGMENT, "--pretouch-threads", "1", "--socket-mode", "0666", "--cuda", "off"]
-    with open(log, "wb") as out:
-        proc = subprocess.Popen(cmd, stdout=out, stderr=subprocess.STDOUT, preexec_fn=die_with_parent)
-    d = Daemon(sock, instance, proc, log)
-    old_env = os.environ.get("TENSORSHM_SOCKET")
-    os.environ["TENSORSHM_SOCKET"] = sock
     try:
-        _wait_ready(d)
-        yield d
+        local = tensorshm.local_daemon(POOL, sock, executable=_daemon_binary(), instance=instance,
+                                       segment_size=SEGMENT, pretouch_threads=1, socket_mode="0666", cuda="off")
+    except tensorshm.Error as e:
+        pytest.exit(str(e), 2)
+    assert os.environ["TENSORSHM_SOCKET"] == sock
+    assert local.log_path is not None
+    try:
+        yield Daemon(sock, instance, local, local.log_path)
     finally:
-        if old_env is None:
-            os.environ.pop("TENSORSHM_SOCKET", None)
-        else:
-            os.environ["TENSORSHM_SOCKET"] = old_env
-        proc.send_signal(signal.SIGTERM)
-        try:
-            rc = proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+        log = local.log()
+        rc = local.stop(timeout=30)
         left = glob.glob(f"/dev/shm/tensorshm.{instance}.*")
         for f in left:
             os.unlink(f)
-        assert rc == 0, f"tensorshmd exited with {rc}:\n{log.read_text()}"
+        assert rc == 0, f"tensorshmd exited with {rc}:\n{log}"
         assert not left, f"tensorshmd left segments behind: {left}"
-        for f in tmp.iterdir():
-            f.unlink()
+        assert not [p.name for p in tmp.iterdir()], "the daemon left files beside its socket"
         tmp.rmdir()
 
 

@@ -130,6 +130,11 @@ struct Stats {
   std::uint64_t quarantined_bytes = 0;  // pool bytes a timed-out GPU copy may still write (never reused)
 };
 
+/// `s` in the Prometheus text exposition format (metrics `tensorshm_*`, with
+/// HELP and TYPE lines): what `tensorshmctl stats --prometheus` and
+/// `python -m tensorshm stats --prometheus` print.
+std::string prometheus_text(const Stats& s);
+
 /// A sealed object version, mapped read-only into this process. Holding it
 /// holds a lease: the daemon keeps this version (and its memory) until the
 /// Object is destroyed or release()d, even after newer puts or a delete.
