@@ -105,6 +105,10 @@ set(CPACK_DEBIAN_PACKAGE_DESCRIPTION "tensorshmd owns a pool of shared memory (p
  units (socket activation, notify, watchdog), tensorshmctl, and the C++ client
  library with its headers and CMake package config.")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS systemd)
+# find_package(tensorshm COMPONENTS torch) finds libtorch for tensorshm::torch.
+if(TENSORSHM_TORCH)
+  set(CPACK_DEBIAN_PACKAGE_SUGGESTS libtorch-dev)
+endif()
 # adduser: the postinst falls back to it where systemd-sysusers is missing.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS adduser)
 find_program(TENSORSHM_DPKG_SHLIBDEPS dpkg-shlibdeps)
