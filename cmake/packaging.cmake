@@ -28,7 +28,7 @@ set(TENSORSHM_SYSTEMD_UNITDIR "${_tshm_unitdir}" CACHE PATH "Where the systemd u
 set(TENSORSHM_SYSUSERSDIR "${_tshm_sysusersdir}" CACHE PATH "Where the sysusers.d entry is installed with prefix /usr")
 set(TENSORSHM_TMPFILESDIR "${_tshm_tmpfilesdir}" CACHE PATH "Where the tmpfiles.d entry is installed with prefix /usr")
 set(TENSORSHM_CONFIG_DIR /etc/tensorshm CACHE PATH "Where tensorshmd.conf is installed with prefix /usr")
-option(TENSORSHM_INSTALL_SYSTEMD "Install the systemd units, sysusers.d/tmpfiles.d entries and tensorshmd.conf" ON)
+# TENSORSHM_INSTALL_SYSTEMD (the top-level CMakeLists.txt) turns the systemd files off.
 
 set(_tshm_systemd_src "${PROJECT_SOURCE_DIR}/systemd")
 set(_tshm_systemd_bin "${PROJECT_BINARY_DIR}/systemd")
@@ -105,6 +105,10 @@ set(CPACK_DEBIAN_PACKAGE_DESCRIPTION "tensorshmd owns a pool of shared memory (p
  units (socket activation, notify, watchdog), tensorshmctl, and the C++ client
  library with its headers and CMake package config.")
 set(CPACK_DEBIAN_PACKAGE_RECOMMENDS systemd)
+# find_package(tensorshm COMPONENTS torch) finds libtorch for tensorshm::torch.
+if(TENSORSHM_TORCH)
+  set(CPACK_DEBIAN_PACKAGE_SUGGESTS libtorch-dev)
+endif()
 # adduser: the postinst falls back to it where systemd-sysusers is missing.
 set(CPACK_DEBIAN_PACKAGE_DEPENDS adduser)
 find_program(TENSORSHM_DPKG_SHLIBDEPS dpkg-shlibdeps)
@@ -123,6 +127,17 @@ if(TENSORSHM_DAEMON AND TENSORSHM_INSTALL_SYSTEMD)
   set(CPACK_DEBIAN_PACKAGE_CONTROL_EXTRA
     "${_tshm_systemd_bin}/debian/postinst;${_tshm_systemd_bin}/debian/prerm;${_tshm_systemd_bin}/debian/postrm;${_tshm_systemd_bin}/debian/conffiles")
   set(CPACK_DEBIAN_PACKAGE_CONTROL_STRICT_PERMISSION ON)
+endif()
+
+# A daemon without its units (TENSORSHM_INSTALL_SYSTEMD=OFF, where libsystemd
+# may be missing too) is not what the package promises: cpack refuses to make
+# the .deb from such a build, before anything is packed.
+if(TENSORSHM_DAEMON AND NOT TENSORSHM_INSTALL_SYSTEMD)
+  file(WRITE "${_tshm_systemd_bin}/refuse-deb.cmake"
+    "message(FATAL_ERROR \"cpack: this build has TENSORSHM_INSTALL_SYSTEMD=OFF: its tensorshmd comes without the \"
+    \"systemd units (and may lack libsystemd, so it would never send READY=1), and the .deb must carry both. \"
+    \"Configure a build for the package with -DTENSORSHM_INSTALL_SYSTEMD=ON (needs libsystemd-dev).\")\n")
+  set(CPACK_PRE_BUILD_SCRIPTS "${_tshm_systemd_bin}/refuse-deb.cmake")
 endif()
 
 include(CPack)

@@ -11,6 +11,9 @@
 #include <fstream>
 #include <memory>
 #include <optional>
+#include <regex>
+#include <set>
+#include <sstream>
 #include <string>
 #include <vector>
 
@@ -527,6 +530,24 @@ TEST_CASE("the_shipped_config_file_states_exactly_the_built_in_defaults") {
   auto defaults = parse({"--socket", "/tmp/same.sock"});
   REQUIRE(defaults.has_value());
   CHECK(describe(*shipped) == describe(*defaults));
+}
+
+TEST_CASE("describe_states_every_option_of_help_once_so_that_the_shipped_file_is_compared_on_every_key") {
+  // The test above compares describe()'s lines: an option left out of describe()
+  // would go unchecked in the shipped file.
+  std::string help;
+  REQUIRE(parse({"--help"}, &help).has_value());
+  std::multiset<std::string> options, described;
+  const std::regex option(R"(^\s+(?:-\w \[ )?--([a-z0-9-]+))");
+  std::istringstream help_lines(help);
+  for (std::string line; std::getline(help_lines, line);)
+    if (std::smatch m; std::regex_search(line, m, option) && m[1] != "help" && m[1] != "config") options.insert(m[1]);
+  auto defaults = parse({});
+  REQUIRE(defaults.has_value());
+  std::istringstream described_lines(describe(*defaults));
+  for (std::string line; std::getline(described_lines, line);) described.insert(line.substr(0, line.find(" = ")));
+  CHECK(options.size() > 20);
+  CHECK(described == options);
 }
 
 TEST_CASE("help_documents_every_key") {

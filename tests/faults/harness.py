@@ -136,18 +136,24 @@ def shm_files(instance: str, pid: int | None = None) -> dict[str, int]:
 
 
 class Daemon:
-    """One tensorshmd. `wrapper` runs before it (prlimit, unshare, setpriv)."""
+    """One tensorshmd. `wrapper` runs before it (prlimit, unshare, setpriv,
+    systemd-socket-activate). With `config` (a config file) the daemon reads it
+    and gets only --socket and `args` besides: pool, segment size, instance and
+    the rest are the file's, as a service started with that file has them."""
 
     def __init__(self, tmp: Path, *, tag: str = "flt", pool: str = "64M", segment: str = "16M",
                  args: Sequence[str] = (), wrapper: Sequence[str] = (), instance: str | None = None,
-                 socket_path: str | None = None):
+                 socket_path: str | None = None, config: str | None = None):
         self.tmp = Path(tmp)
         self.instance = instance or unique_instance(tag)
         self.sock = socket_path or str(self.tmp / f"{self.instance}.sock")
         self.log = self.tmp / f"{self.instance}.log"
-        self.cmd = [*wrapper, tensorshmd(), "--socket", self.sock, "--instance", self.instance,
-                    "--pool-size", pool, "--segment-size", segment, "--pretouch-threads", "1",
-                    "--cuda", "off", *args]
+        if config is not None:
+            self.cmd = [*wrapper, tensorshmd(), "--config", config, "--socket", self.sock, *args]
+        else:
+            self.cmd = [*wrapper, tensorshmd(), "--socket", self.sock, "--instance", self.instance,
+                        "--pool-size", pool, "--segment-size", segment, "--pretouch-threads", "1",
+                        "--cuda", "off", *args]
         self.proc: subprocess.Popen | None = None
         self.starts = 0
 
@@ -288,25 +294,30 @@ class Peer:
     """A tshm_fault_peer process in interactive mode (or any mode: `args`)."""
 
     def __init__(self, daemon: Daemon | None, *, args: Sequence[str] = (), user=None, stdout=subprocess.PIPE,
-                 env: dict[str, str | None] | None = None):
-        """`user`: None (this process's uid), a (uid, gid) pair, or anything with .uid and .gid.
-        `daemon`: the daemon whose socket TENSORSHM_SOCKET names (None: left unset, so that the
-        client finds its default socket). `env`: more variables; None as a value removes one."""
+                 env: dict[str, str | None] | None = None, groups: Sequence[int] = (),
+                 wrapper: Sequence[str] = (), socket_path: str | None = None):
+        """`user`: None (this process's uid), a (uid, gid) pair, or anything with .uid and .gid;
+        `groups`: its supplementary groups (none when empty). `daemon`: the daemon whose socket
+        TENSORSHM_SOCKET names (None: left unset, so that the client finds its default socket),
+        or `socket_path` instead of the daemon's (the path a container sees). `env`: more
+        variables; None as a value removes one. `wrapper`: runs before setpriv and the peer
+        (unshare, to put the peer in namespaces of its own)."""
         env_vars = dict(os.environ)
         env_vars.pop("TENSORSHM_SOCKET", None)
-        if daemon is not None:
-            env_vars["TENSORSHM_SOCKET"] = daemon.sock
+        if socket_path is not None or daemon is not None:
+            env_vars["TENSORSHM_SOCKET"] = socket_path if socket_path is not None else daemon.sock
         for k, v in (env or {}).items():
             if v is None:
                 env_vars.pop(k, None)
             else:
                 env_vars[k] = v
         env = env_vars
-        wrapper = []
+        as_user = []
         if user is not None:
             uid, gid = (user.uid, user.gid) if hasattr(user, "uid") else user
-            wrapper = ["setpriv", f"--reuid={uid}", f"--regid={gid}", "--clear-groups"]
-        self.proc = subprocess.Popen([*wrapper, fault_peer(), *args], stdin=subprocess.PIPE, stdout=stdout,
+            as_user = ["setpriv", f"--reuid={uid}", f"--regid={gid}",
+                       f"--groups={','.join(map(str, groups))}" if groups else "--clear-groups"]
+        self.proc = subprocess.Popen([*wrapper, *as_user, fault_peer(), *args], stdin=subprocess.PIPE, stdout=stdout,
                                      stderr=subprocess.STDOUT if stdout == subprocess.PIPE else stdout, env=env,
                                      preexec_fn=die_with_parent)
         self._buf = b""

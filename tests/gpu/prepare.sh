@@ -5,7 +5,8 @@
 # needs them and puts it in .gpu-kit/ (git-ignored; the device tool carries it):
 #
 #   .gpu-kit/bin/tensorshmd, tensorshmctl      CUDA on, static cudart, static
-#                                              libstdc++/libgcc, no libsystemd
+#                                              libstdc++/libgcc, no libsystemd (so
+#                                              no units: TENSORSHM_INSTALL_SYSTEMD=OFF)
 #   .gpu-kit/bin/tshm_gpu_check, tshm_gpu_bench  the C++ GPU checks (put_cuda)
 #   .gpu-kit/bin/tshm_io_wake_bench            the daemon io thread's wake-up, asleep vs kept awake
 #   .gpu-kit/include/flatbuffers/              headers for building the Python
@@ -30,7 +31,7 @@ cmake -S "$ROOT" -B "$BUILD" -G Ninja \
   -DCMAKE_BUILD_TYPE=Release \
   -DTENSORSHM_CUDA=ON -DCMAKE_CUDA_ARCHITECTURES="80;90" \
   -DTENSORSHM_TESTS=ON -DTENSORSHM_BENCH=ON -DTENSORSHM_TORCH=OFF -DTENSORSHM_PYTHON=OFF \
-  -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON \
+  -DCMAKE_DISABLE_FIND_PACKAGE_PkgConfig=ON -DTENSORSHM_INSTALL_SYSTEMD=OFF \
   -DCMAKE_EXE_LINKER_FLAGS="-static-libstdc++ -static-libgcc"
 ninja -C "$BUILD" -j "$JOBS" tensorshmd tensorshmctl tshm_gpu_check tshm_gpu_bench tshm_io_wake_bench
 set +x

@@ -102,10 +102,12 @@ def test_the_config_file_names_every_option_of_tensorshmd_help_once(tensorshmd):
 
 def effective_configuration(tensorshmd, daemons, tmp_path, instance, *extra):
     """The configuration a daemon logs at start, with socket and instance
-    given as flags (flags beat the file) and a small pool."""
+    given as flags (flags beat the file). The pool is the file's (or the
+    built-in 1G): a smaller one given as a flag would also shrink segment-size
+    to fit, hiding a wrong segment-size in the file (issue 16: 1G, one segment)."""
     log = tmp_path / f"{len(list(tmp_path.glob('*.log')))}.log"
     d = daemons.start([tensorshmd, *extra, "--socket", str(tmp_path / "s.sock"), "--instance", instance,
-                       "--pool-size", "4M", "--log-level", "info"], log)
+                       "--log-level", "info"], log)
     wait_for(lambda: "ready" in d.log() or d.proc.poll() is not None, "the daemon to start")
     assert d.terminate() == 0, d.log()
     # The daemon logs one "config: key = value" line per key.
