@@ -195,6 +195,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
   // clang-format off
   opts.add_options()
     ("help,h", "print this help and exit")
+    ("version", "print the version (and whether CUDA is compiled in) and exit")
     ("config,c", po::value(&c.config_file), "read options from this file (key = value lines)")
     ("socket", po::value(&c.socket_path), ("control socket path; env TENSORSHM_SOCKET (default " + d.socket_path + ")").c_str())
     ("socket-mode", po::value(&socket_mode)->default_value("0600"), "socket permission bits, octal; 0660 lets the socket's group connect")
@@ -238,6 +239,10 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
          << "Usage: tensorshmd [options]\n\n"
          << opts << "\nPrecedence: flags > environment (TENSORSHM_SOCKET) > --config file > defaults.\n";
       if (help_text) *help_text = os.str();
+      return c;
+    }
+    if (vm.count("version")) {
+      c.show_version = true;
       return c;
     }
     if (vm.count("config")) {

@@ -33,6 +33,8 @@ _FOREVER_AFTER_S = _FOREVER_AFTER_YEARS * 365 * 24 * 3600
 _DLPACK_CPU = 1
 
 
+# `tensorshmctl --json` prints ObjectInfo, Stats and DaemonInfo with these field
+# names and value spellings (ctl/output.cpp); tests/python/test_ctl_json.py keeps them equal.
 class ObjectInfo(NamedTuple):
     """Metadata of one object version, as the daemon reports it."""
 

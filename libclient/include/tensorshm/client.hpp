@@ -58,6 +58,9 @@ class Exception : public std::runtime_error {
 /// Who besides the owner may read an object.
 enum class Share : std::uint8_t { owner = 0, group = 1, everyone = 2 };
 
+/// The share mode's name: "owner", "group" or "everyone" (Python's spelling too).
+std::string_view share_name(Share share) noexcept;
+
 /// Metadata of one object version, as the daemon reports it.
 struct ObjectInfo {
   std::string name;
