@@ -227,7 +227,9 @@ class Client {
   };
 
   /// Connects and says hello. Throws Exception(daemon_unreachable) naming the
-  /// socket tried and how to start the daemon; Exception(version_mismatch).
+  /// socket tried, the cause (no socket, no daemon behind it, or permission:
+  /// with the owner, group and mode in the way) and the fix;
+  /// Exception(version_mismatch).
   static Client connect();
   static Client connect(Options options);
 
