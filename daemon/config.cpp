@@ -250,11 +250,15 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
       std::ifstream in(file);
       if (!in) return Error{Errc::invalid_argument, "cannot read config file '" + file + "'"};
       const po::parsed_options lines = po::parse_config_file(in, accepted, /*allow_unregistered=*/false);
-      for (const po::option& o : lines.options)
+      for (const po::option& o : lines.options) {
         if (o.string_key == "config")
           return Error{Errc::invalid_argument, "config: a config file cannot name another config file ('" +
                                                    (o.value.empty() ? std::string() : o.value.front()) +
                                                    "'); put the keys in one file or pass --config once"};
+        if (o.string_key == "help" || o.string_key == "version")
+          return Error{Errc::invalid_argument, o.string_key + ": a command-line flag (tensorshmd --" + o.string_key +
+                                                   "), not a key of a config file; remove the line"};
+      }
       po::store(lines, vm);
     }
     po::notify(vm);
