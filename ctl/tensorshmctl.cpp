@@ -30,7 +30,8 @@ void define(CLI::App& app, Command* cmd) {
                        "print tensorshmctl's version and exit");
   app.add_option("--socket", cmd->socket, "the daemon's socket (default: $TENSORSHM_SOCKET, then the daemon's default)")
       ->type_name("PATH");
-  app.add_flag("--json", cmd->json, "print JSON: the field names and spellings of Python's ObjectInfo, Stats, DaemonInfo");
+  app.add_flag("--json", cmd->json,
+               "print JSON: the field names and spellings of Python's ObjectInfo, Stats, DaemonInfo");
   app.require_subcommand(1);
   app.footer("The socket defaults to $TENSORSHM_SOCKET, then the daemon's default path.\n"
              "Exit status: 0 done, 1 the daemon could not be reached or refused the request, 2 a bad command line.");

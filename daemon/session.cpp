@@ -154,7 +154,8 @@ Reply Session::on_hello(const wire::HelloT& m) {
   // The pid and uid are the kernel's (SO_PEERCRED), the name the client's own;
   // a client in another PID namespace says a pid of its own as well.
   if (!m.client_name.empty()) client_name_ = printable_name(m.client_name);
-  log::info("client '", client_name_, "' connected: pid ", cred_.pid, ", uid ", cred_.uid, ", gid ", cred_.gid, " (session ", id(),
+  log::info("client '", client_name_, "' connected: pid ", cred_.pid, ", uid ", cred_.uid, ", gid ", cred_.gid,
+            " (session ", id(),
             m.pid != cred_.pid ? ", pid " + std::to_string(m.pid) + " in its own PID namespace)" : std::string(")"));
   wire::HelloReplyT r;
   r.protocol_version = protocol::kVersion;

@@ -105,11 +105,12 @@ std::string access_fix(const struct stat& st, mode_t need) {
 
 // The first directory on the way to `path` that this process may not pass, or "".
 std::string blocked_directory(const std::string& path) {
-  for (std::size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1)) {
-    const std::string dir = path.substr(0, slash);
-    if (::faccessat(AT_FDCWD, dir.c_str(), X_OK, AT_EACCESS) != 0 && errno == EACCES) return dir;
-  }
-  if (path.rfind('/', 0) == 0 && ::faccessat(AT_FDCWD, "/", X_OK, AT_EACCESS) != 0 && errno == EACCES) return "/";
+  const auto closed = [](const std::string& dir) {
+    return ::faccessat(AT_FDCWD, dir.c_str(), X_OK, AT_EACCESS) != 0 && errno == EACCES;
+  };
+  if (path.rfind('/', 0) == 0 && closed("/")) return "/";
+  for (std::size_t slash = path.find('/', 1); slash != std::string::npos; slash = path.find('/', slash + 1))
+    if (const std::string dir = path.substr(0, slash); closed(dir)) return dir;
   return {};
 }
 
@@ -151,7 +152,8 @@ Error unreachable_error(const std::string& path, int err, const std::string& con
             ", which may not write to it. " + access_fix(st, S_IWGRP);
     } else {
       const int stat_errno = errno;
-      why = "permission denied (" + connect_error + "); " + me() + ", and the socket's owner and mode cannot be read (" +
+      why = "permission denied (" + connect_error + "); " + me() +
+            ", and the socket's owner and mode cannot be read (" +
             posix_error("stat", path, stat_errno).message + "): ask the operator of tensorshmd for access.";
     }
   } else {
