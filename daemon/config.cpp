@@ -195,6 +195,7 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
   // clang-format off
   opts.add_options()
     ("help,h", "print this help and exit")
+    ("version", "print the version (and whether CUDA is compiled in) and exit")
     ("config,c", po::value(&c.config_file), "read options from this file (key = value lines)")
     ("socket", po::value(&c.socket_path), ("control socket path; env TENSORSHM_SOCKET (default " + d.socket_path + ")").c_str())
     ("socket-mode", po::value(&socket_mode)->default_value("0600"), "socket permission bits, octal; 0660 lets the socket's group connect")
@@ -240,16 +241,24 @@ Result<Config> parse_config(int argc, const char* const* argv, std::string* help
       if (help_text) *help_text = os.str();
       return c;
     }
+    if (vm.count("version")) {
+      c.show_version = true;
+      return c;
+    }
     if (vm.count("config")) {
       const std::string file = vm["config"].as<std::string>();
       std::ifstream in(file);
       if (!in) return Error{Errc::invalid_argument, "cannot read config file '" + file + "'"};
       const po::parsed_options lines = po::parse_config_file(in, accepted, /*allow_unregistered=*/false);
-      for (const po::option& o : lines.options)
+      for (const po::option& o : lines.options) {
         if (o.string_key == "config")
           return Error{Errc::invalid_argument, "config: a config file cannot name another config file ('" +
                                                    (o.value.empty() ? std::string() : o.value.front()) +
                                                    "'); put the keys in one file or pass --config once"};
+        if (o.string_key == "help" || o.string_key == "version")
+          return Error{Errc::invalid_argument, o.string_key + ": a command-line flag (tensorshmd --" + o.string_key +
+                                                   "), not a key of a config file; remove the line"};
+      }
       po::store(lines, vm);
     }
     po::notify(vm);

@@ -41,11 +41,12 @@ struct Config {
   std::string cuda_lost = "serve";               // after the GPU context is lost: serve (CPU only) | exit (status 3)
   LogLevel log_level = LogLevel::info;
   std::string config_file;                       // --config
+  bool show_version = false;                     // --version: print the version and exit (main.cpp)
 };
 
 /// Parses argv (and the file and environment it points to). Returns the
 /// config, or an Error whose message is the usage problem. `--help` sets
-/// *help_text and returns the defaults.
+/// *help_text and returns the defaults; `--version` sets show_version.
 Result<Config> parse_config(int argc, const char* const* argv, std::string* help_text);
 
 /// The shared-memory name prefix of an instance: "tensorshm.<instance>.".

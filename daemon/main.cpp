@@ -20,6 +20,7 @@
 #include "registry.hpp"
 #include "server.hpp"
 #include "service_manager.hpp"
+#include "tensorshm/protocol.hpp"
 
 using namespace tensorshm;
 using namespace tensorshm::daemon;
@@ -106,6 +107,11 @@ int main(int argc, char** argv) {
   }
   if (!help.empty()) {
     std::cout << help;
+    return 0;
+  }
+  if (config->show_version) {
+    std::cout << "tensorshmd " << TENSORSHM_VERSION << " (protocol " << protocol::kVersion << ", "
+              << (TENSORSHM_CUDA_COMPILED_IN ? "CUDA compiled in" : "built without CUDA: CPU-only") << ")\n";
     return 0;
   }
   log::set_level(config->log_level);

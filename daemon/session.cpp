@@ -79,7 +79,8 @@ Session::Session(Server& server, unix_socket socket, std::uint64_t id, io::PeerC
 Session::~Session() = default;
 
 awaitable<void> Session::run() {
-  log::info("client connected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " gid ", cred_.gid);
+  // Logged at info once the client has said Hello and so its name (on_hello).
+  log::debug("connection accepted: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " gid ", cred_.gid);
   arm_hello_timer();
   for (;;) {
     protocol::FrameHeader h;
@@ -150,7 +151,12 @@ awaitable<Reply> Session::dispatch(protocol::Message& msg) {
 Reply Session::on_hello(const wire::HelloT& m) {
   said_hello_ = true;
   hello_timer_.cancel();
-  log::debug("session ", id(), " hello from '", printable_name(m.client_name), "' pid ", m.pid);
+  // The pid and uid are the kernel's (SO_PEERCRED), the name the client's own;
+  // a client in another PID namespace says a pid of its own as well.
+  if (!m.client_name.empty()) client_name_ = printable_name(m.client_name);
+  log::info("client '", client_name_, "' connected: pid ", cred_.pid, ", uid ", cred_.uid, ", gid ", cred_.gid,
+            " (session ", id(),
+            m.pid != cred_.pid ? ", pid " + std::to_string(m.pid) + " in its own PID namespace)" : std::string(")"));
   wire::HelloReplyT r;
   r.protocol_version = protocol::kVersion;
   r.daemon_version = version_string();
@@ -543,8 +549,8 @@ void Session::cleanup() {
   for (auto id : open_) (void)reg.abort(caller_, id);
   open_.clear();
   if (CopyEngine* e = server_.engine()) e->session_closed(caller_.session);
-  log::info("client disconnected: session ", id(), " pid ", cred_.pid, " uid ", cred_.uid, " (released ", leases,
-            " lease(s), aborted ", opened, " open create(s))");
+  log::info("client '", client_name_, "' disconnected: pid ", cred_.pid, ", uid ", cred_.uid, " (session ", id(),
+            "; released ", leases, " lease(s), aborted ", opened, " open create(s))");
   if (release_warnings_ > kReleaseWarnings)
     log::warning("session ", id(), " (pid ", cred_.pid, "): ", release_warnings_ - kReleaseWarnings,
                  " more one-way releases of objects it held no lease on were not logged");

@@ -9,6 +9,7 @@
 #include <memory>
 #include <set>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "asio.hpp"
@@ -116,6 +117,7 @@ class Session : public std::enable_shared_from_this<Session> {
   Caller caller_;
   io::PeerCred cred_;
   bool said_hello_ = false;
+  std::string client_name_ = "(unnamed)";  // what Hello said, printable; for the log
   bool peer_gone_ = false;
   asio::steady_timer write_timer_;
   asio::steady_timer hello_timer_;

@@ -3,7 +3,8 @@
 #
 #   tensorshm-<version>.tar.gz   the sdist: builds outside the repository (it
 #                                carries protocol/, libclient/, daemon/, ctl/,
-#                                pyclient/, cmake/ and the FlatBuffers headers)
+#                                pyclient/, cmake/ and the FlatBuffers and
+#                                CLI11 headers)
 #   tensorshm-<version>-<python>-manylinux_2_<glibc>_x86_64.whl
 #                                the wheel, built from that sdist: the extension,
 #                                tensorshmd and tensorshmctl (static libstdc++,
@@ -38,6 +39,13 @@ git ls-files -z --cached --others --exclude-standard |
   tar --null -T - -cf - | tar -xf - -C "$STAGE"
 mkdir -p "$STAGE/third_party/flatbuffers/include"
 cp -r "$FLATBUFFERS/flatbuffers" "$STAGE/third_party/flatbuffers/include/"
+# CLI11 (tensorshmctl's command line; header-only, BSD-3-Clause) likewise.
+CLI11=${TENSORSHM_CLI11_INCLUDE:-/usr/include}
+[[ -f $CLI11/CLI/CLI.hpp ]] ||
+  { echo "dist.sh: no CLI11 headers under $CLI11 (apt-get install libcli11-dev, or set TENSORSHM_CLI11_INCLUDE)" >&2; exit 1; }
+mkdir -p "$STAGE/third_party/CLI11/include"
+cp -r "$CLI11/CLI" "$STAGE/third_party/CLI11/include/"
+[[ -f /usr/share/doc/libcli11-dev/copyright ]] && cp /usr/share/doc/libcli11-dev/copyright "$STAGE/third_party/CLI11/COPYRIGHT"
 # FlatBuffers' terms (Apache-2.0, as tensorshm's) travel with its headers.
 for c in /usr/share/doc/libflatbuffers-dev/copyright "$FLATBUFFERS/../share/doc/flatbuffers/LICENSE"; do
   [[ -f $c ]] && { cp "$c" "$STAGE/third_party/flatbuffers/COPYRIGHT"; break; }

@@ -9,7 +9,7 @@ cd "$(dirname "$0")/.."
 
 DEB_PACKAGES=(
   build-essential cmake ninja-build pkg-config git
-  libboost-dev libboost-program-options-dev doctest-dev libflatbuffers-dev flatbuffers-compiler
+  libboost-dev libboost-program-options-dev doctest-dev libflatbuffers-dev flatbuffers-compiler libcli11-dev
   libsystemd-dev systemd
   python3 python3-dev python3-venv python3-numpy python3-torch libtorch-dev
   clang libclang-rt-14-dev

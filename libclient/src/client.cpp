@@ -128,6 +128,15 @@ void Buffer::abort() noexcept {
   data_ = nullptr;
 }
 
+std::string_view share_name(Share share) noexcept {
+  switch (share) {
+    case Share::group: return "group";
+    case Share::everyone: return "everyone";
+    case Share::owner: break;
+  }
+  return "owner";
+}
+
 // ---- Client -----------------------------------------------------------------
 
 Client::Client(std::shared_ptr<detail::Connection> conn) : conn_(std::move(conn)) {}

@@ -16,6 +16,7 @@
 #include "tensorshm/paths.hpp"
 #include "tensorshm/segment_layout.h"
 #include "tensorshm/sys_call.hpp"
+#include "unreachable.hpp"
 
 namespace tensorshm::detail {
 
@@ -100,10 +101,7 @@ Status Connection::connect_locked() {
   if (!rc) {
     disconnect_locked();
     broken_ = true;
-    return Error{Errc::daemon_unreachable,
-                 "cannot reach tensorshmd at '" + path + "' (" + rc.error().message +
-                     "). Start the daemon with `tensorshmd` (or `systemctl start tensorshmd`), or set "
-                     "TENSORSHM_SOCKET to the socket it listens on."};
+    return unreachable_error(path, rc.error().sys_errno, rc.error().message);
   }
   if (auto trusted = check_peer_locked(); !trusted) {
     disconnect_locked();

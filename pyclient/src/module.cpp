@@ -93,15 +93,6 @@ std::vector<std::string> errc_names() {
 
 // ---- conversions ------------------------------------------------------------
 
-const char* share_name(Share s) {
-  switch (s) {
-    case Share::group: return "group";
-    case Share::everyone: return "everyone";
-    case Share::owner: break;
-  }
-  return "owner";
-}
-
 Share share_from_int(int s) {
   if (s < 0 || s > 2) throw Exception(Errc::invalid_argument, "share must be 'owner', 'group' or 'everyone'");
   return static_cast<Share>(s);
@@ -116,8 +107,8 @@ nb::tuple int_tuple(const std::vector<std::int64_t>& v) {
 // The fields of tensorshm.ObjectInfo, in its order.
 nb::tuple info_tuple(const ObjectInfo& i) {
   return nb::make_tuple(i.name, i.version, dtype_name(i.dtype), int_tuple(i.shape), int_tuple(i.strides), i.nbytes,
-                        i.object_id, i.owner_uid, share_name(i.share), i.sealed, i.created_unix_ns, i.leases,
-                        i.segment_id);
+                        i.object_id, i.owner_uid, std::string(share_name(i.share)), i.sealed, i.created_unix_ns,
+                        i.leases, i.segment_id);
 }
 
 DType make_dtype(int code, int bits) {

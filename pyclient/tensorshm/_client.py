@@ -33,6 +33,8 @@ _FOREVER_AFTER_S = _FOREVER_AFTER_YEARS * 365 * 24 * 3600
 _DLPACK_CPU = 1
 
 
+# `tensorshmctl --json` prints ObjectInfo, Stats and DaemonInfo with these field
+# names and value spellings (ctl/output.cpp); tests/python/test_ctl_json.py keeps them equal.
 class ObjectInfo(NamedTuple):
     """Metadata of one object version, as the daemon reports it."""
 
@@ -629,7 +631,7 @@ def connect(socket: str | os.PathLike[str] | None = None, *, name: str | None = 
     ``/run/tensorshm/tensorshmd.sock`` for root, ``/tmp/tensorshm-<uid>/...``),
     else the system service's socket (see :func:`default_socket_path`).
     ``name``: shown in the daemon's log. Raises DaemonUnreachable (naming the
-    socket tried and how to start the daemon) or VersionMismatch. The Client
+    socket tried, the cause and the fix) or VersionMismatch. The Client
     is also a context manager that closes it. ``copy_threads``: puts of at
     least 2 MiB from host memory copy with up to this many threads, the
     caller's included; by default ``$TENSORSHM_COPY_THREADS``, else the CPUs

@@ -93,8 +93,10 @@ class LimitExceeded(Error):
 
 
 class DaemonUnreachable(Error, ConnectionError):
-    """tensorshmd does not answer on the socket tried (the message names it and
-    says how to start the daemon), or the connection broke."""
+    """tensorshmd does not answer on the socket tried, or the connection broke.
+    The message names the socket, the cause (no socket: is the daemon running?;
+    a socket no daemon listens on: it stopped or died; permission denied: the
+    socket's or a directory's owner, group and mode) and the fix."""
 
     code = "daemon_unreachable"
 

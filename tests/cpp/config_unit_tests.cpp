@@ -502,6 +502,22 @@ TEST_CASE("a_config_file_that_names_another_config_file_is_refused") {
                                  "'); put the keys in one file or pass --config once");
 }
 
+TEST_CASE("version_asks_main_to_print_the_version_and_is_refused_as_a_key_of_a_config_file") {
+  auto asked = parse({"--version", "--pool-size", "not-a-number"});  // nothing else is read
+  REQUIRE_MESSAGE(asked.has_value(), asked.error().message);
+  CHECK(asked->show_version);
+  auto plain = parse({});
+  REQUIRE(plain.has_value());
+  CHECK_FALSE(plain->show_version);
+  for (const char* line : {"version = true\n", "help = true\n"}) {
+    TempFile file(std::string("instance = x\n") + line);
+    auto c = parse({"--config", file.path});
+    REQUIRE_MESSAGE(!c.has_value(), "accepted ", line);
+    CHECK(c.error().code == Errc::invalid_argument);
+    CHECK_MESSAGE(c.error().message.find("not a key of a config file") != std::string::npos, c.error().message);
+  }
+}
+
 TEST_CASE("shm_dir_is_refused_as_a_flag_or_in_a_config_file_saying_that_segments_are_memfd_files") {
   const std::string expected =
       "shm-dir: tensorshmd no longer places segments in a directory (they are anonymous memory files, memfd, that "

@@ -24,6 +24,7 @@
 #include "pool.hpp"
 #include "registry.hpp"
 #include "segment.hpp"
+#include "temp_dir.hpp"
 #include "tensorshm/segment_layout.h"
 
 using namespace tensorshm;
@@ -265,21 +266,10 @@ TEST_CASE("versions_a_reader_keeps_alive_count_for_the_reader_not_for_the_owner"
 
 // ---- the socket's directory and the lock beside the socket --------------------
 
-struct TempDir {
-  std::string path;
-  TempDir() {
-    char t[] = "/tmp/tshm-iso-XXXXXX";
-    REQUIRE(::mkdtemp(t) != nullptr);
-    path = t;
-  }
-  ~TempDir() {
-    std::error_code ec;
-    std::filesystem::remove_all(path, ec);
-  }
-};
+using tshm_test::TempDir;
 
 TEST_CASE("the_socket_directory_is_made_private_or_refused_when_others_could_write_it") {
-  TempDir t;
+  TempDir t("tshm-iso");
   // Missing: made 0700 (0755 for a socket other users may use).
   REQUIRE(prepare_socket_directory(t.path + "/own/d.sock", 0600));
   struct stat st{};
@@ -313,7 +303,7 @@ TEST_CASE("the_socket_directory_is_made_private_or_refused_when_others_could_wri
 }
 
 TEST_CASE("the_lock_never_follows_a_planted_link_nor_takes_a_file_it_did_not_make") {
-  TempDir t;
+  TempDir t("tshm-iso");
   const std::string victim = t.path + "/victim";
   std::ofstream(victim) << "precious";
   // A symbolic link planted where the lock goes: refused, the target untouched.

@@ -43,9 +43,11 @@ def test_a_daemon_killed_and_restarted_leaves_no_segment_behind_and_clients_carr
         unclear += not clear
         assert clear, f"the error of the call in flight does not say what happened: {line}"
         # The holder was idle: its call finds the connection closed before
-        # sending, tries to connect again, finds nobody and says how to start one.
+        # sending, tries to connect again, finds the dead daemon's socket with
+        # nobody behind it and says so, and how to start one again.
         down = holder.cmd("stats")
-        assert down["code"] == "daemon_unreachable" and "Start the daemon" in down["line"], down
+        assert down["code"] == "daemon_unreachable" and "has stopped or died" in down["line"] \
+            and "Start it again" in down["line"], down
         assert holder.ok("check")["mismatches"] == "0", "a held object changed when the daemon died"
         # Nothing of the dead daemon is left to name or sweep: its segments
         # live on only in the mappings of the clients that hold objects.

@@ -144,8 +144,12 @@ def test_a_socket_activated_daemon_serves_clients_on_the_inherited_socket(
 
 def test_logs_carry_syslog_priorities_and_honour_log_level(tensorshmd, instance, daemons, notify_listener,
                                                            tmp_path):
-    d = daemons.start(daemon_argv(tensorshmd, tmp_path / "s.sock", instance, "--log-level", "notice"),
-                      tmp_path / "log", env=env_with(NOTIFY_SOCKET=notify_listener.path))
+    # As under systemd: $JOURNAL_STREAM names the file stderr is (tests/ops/test_cli.py has the other forms).
+    log = tmp_path / "log"
+    log.touch()
+    st = log.stat()
+    d = daemons.start(daemon_argv(tensorshmd, tmp_path / "s.sock", instance, "--log-level", "notice"), log,
+                      env=env_with(NOTIFY_SOCKET=notify_listener.path, JOURNAL_STREAM=f"{st.st_dev}:{st.st_ino}"))
     notify_listener.wait_for("READY")
     assert d.terminate() == 0
     lines = d.log().splitlines()

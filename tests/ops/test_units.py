@@ -81,7 +81,9 @@ def test_sysusers_and_tmpfiles_create_the_system_user_and_the_socket_directory(t
 
 def help_options(tensorshmd):
     text = subprocess.run([tensorshmd, "--help"], capture_output=True, text=True, check=True, timeout=30).stdout
-    return {m.group(1) for m in re.finditer(r"^\s+(?:-\w \[ )?--([a-z0-9-]+)", text, re.M)} - {"help", "config"}
+    # --help, --version and --config are for the command line only.
+    return {m.group(1) for m in re.finditer(r"^\s+(?:-\w \[ )?--([a-z0-9-]+)", text, re.M)} - {"help", "version",
+                                                                                               "config"}
 
 
 def config_keys(path):

@@ -58,6 +58,9 @@ class Exception : public std::runtime_error {
 /// Who besides the owner may read an object.
 enum class Share : std::uint8_t { owner = 0, group = 1, everyone = 2 };
 
+/// The share mode's name: "owner", "group" or "everyone" (Python's spelling too).
+std::string_view share_name(Share share) noexcept;
+
 /// Metadata of one object version, as the daemon reports it.
 struct ObjectInfo {
   std::string name;
@@ -229,7 +232,9 @@ class Client {
   };
 
   /// Connects and says hello. Throws Exception(daemon_unreachable) naming the
-  /// socket tried and how to start the daemon; Exception(version_mismatch).
+  /// socket tried, the cause (no socket, no daemon behind it, or permission:
+  /// with the owner, group and mode in the way) and the fix;
+  /// Exception(version_mismatch).
   static Client connect();
   static Client connect(Options options);
 
