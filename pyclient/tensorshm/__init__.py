@@ -21,19 +21,16 @@ from . import _tensorshm
 from ._client import (
     Client,
     Creation,
-    DaemonInfo,
     Object,
-    ObjectInfo,
     PutFuture,
-    SegmentInfo,
     Share,
-    Stats,
     connect,
     cuda_supported,
     default_socket_path,
     info,
 )
 from ._daemon import LocalDaemon, local_daemon
+from ._types import DaemonInfo, ObjectInfo, SegmentInfo, Stats
 from ._errors import (
     CudaError,
     DaemonUnreachable,

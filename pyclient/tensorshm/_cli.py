@@ -12,9 +12,10 @@ import sys
 from typing import Any, NamedTuple, Sequence
 
 from . import _tensorshm
-from ._client import Client, ObjectInfo
+from ._client import Client
 from ._daemon import daemon_executable
 from ._errors import Error
+from ._types import ObjectInfo
 
 _USAGE_ERROR = 2
 
@@ -104,7 +105,7 @@ def _run(a: argparse.Namespace) -> int:
             if a.prometheus and a.json:
                 raise SystemExit("python -m tensorshm stats: --json and --prometheus exclude each other")
             if a.prometheus:
-                sys.stdout.write(c._c.stats_prometheus())
+                sys.stdout.write(c.stats_prometheus())
             else:
                 st = c.stats()
                 print(as_json(st)) if a.json else [print(f"{k:<20}{v}") for k, v in st._asdict().items()]

@@ -13,12 +13,13 @@ import numbers
 import os
 import sys
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, List, Literal, NamedTuple, Sequence, overload
+from typing import TYPE_CHECKING, Any, List, Literal, Sequence, overload
 
 import numpy as np
 
 from . import _dtypes, _tensorshm
 from ._errors import InvalidArgument, UnsupportedDtype
+from ._types import DaemonInfo, ObjectInfo, SegmentInfo, Stats
 
 if TYPE_CHECKING:  # pragma: no cover
     import torch
@@ -31,71 +32,6 @@ _FOREVER = -1
 _FOREVER_AFTER_YEARS = 10
 _FOREVER_AFTER_S = _FOREVER_AFTER_YEARS * 365 * 24 * 3600
 _DLPACK_CPU = 1
-
-
-# `tensorshmctl --json` prints ObjectInfo, Stats and DaemonInfo with these field
-# names and value spellings (ctl/output.cpp); tests/python/test_ctl_json.py keeps them equal.
-class ObjectInfo(NamedTuple):
-    """Metadata of one object version, as the daemon reports it."""
-
-    name: str
-    version: int
-    dtype: str
-    """Canonical name: "float32", "bfloat16", "float8_e4m3fn", ..."""
-    shape: tuple[int, ...]
-    strides: tuple[int, ...]
-    """In elements (DLPack style), not bytes as numpy's ``ndarray.strides``."""
-    nbytes: int
-    object_id: int
-    owner_uid: int
-    share: str
-    """Who besides the owner may read it: "owner", "group" or "everyone"."""
-    sealed: bool
-    created_unix_ns: int
-    leases: int
-    """Leases held on this version when the daemon answered."""
-    segment_id: int
-
-
-class Stats(NamedTuple):
-    """Daemon-wide counters (``tensorshmctl stats`` shows the same)."""
-
-    pool_bytes: int
-    pool_used_bytes: int
-    dedicated_bytes: int
-    segments: int
-    objects: int
-    versions: int
-    open_creates: int
-    leases: int
-    clients: int
-    puts: int
-    gets: int
-    copies: int
-    bytes_copied: int
-    cuda_devices: int
-    uptime_s: float
-    quarantined_bytes: int
-    """Pool bytes a GPU copy that timed out may still write: never reused until the daemon restarts."""
-
-
-class SegmentInfo(NamedTuple):
-    id: int
-    name: str
-    size: int
-    dedicated: bool
-
-
-class DaemonInfo(NamedTuple):
-    """What the daemon said when the client connected."""
-
-    socket_path: str
-    daemon_version: str
-    instance: str
-    protocol_version: int
-    page_size: int
-    cuda_devices: int
-    segments: tuple[SegmentInfo, ...]
 
 
 def _info(t: tuple) -> ObjectInfo:
@@ -584,6 +520,11 @@ class Client:
 
     def stats(self) -> Stats:
         return Stats(**self._c.stats())
+
+    def stats_prometheus(self) -> str:
+        """:meth:`stats` in the Prometheus text exposition format (what
+        ``tensorshmctl stats --prometheus`` prints)."""
+        return str(self._c.stats_prometheus())
 
     def ping(self) -> float:
         """One round trip to the daemon; returns its duration in seconds."""

@@ -25,7 +25,7 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any, Sequence
 
-from ._client import Client
+from ._client import Client, default_socket_path
 from ._errors import DaemonUnreachable, Error, InvalidArgument
 
 _BIN = Path(__file__).resolve().parent / "bin"
@@ -201,7 +201,7 @@ def local_daemon(pool_size: int | str | None = None, socket: str | os.PathLike[s
     for key, value in options.items():
         flags += _flag(key, value)
     if use_running:
-        candidate = os.fspath(socket) if socket is not None else _default_socket()
+        candidate = os.fspath(socket) if socket is not None else default_socket_path()
         if _answers(candidate):
             return LocalDaemon(candidate, None, None, None)
     exe = daemon_executable(executable)
@@ -226,11 +226,6 @@ def local_daemon(pool_size: int | str | None = None, socket: str | os.PathLike[s
         d.stop()
         raise
     return d
-
-
-def _default_socket() -> str:
-    from ._client import default_socket_path
-    return default_socket_path()
 
 
 def _spawn(argv: Sequence[str], log_path: Path) -> subprocess.Popen[bytes]:

@@ -10,6 +10,7 @@ in the fresh venv). $TSHM_DIST_DIR: where the distributions are built
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -90,7 +91,6 @@ def fresh_venv(where: Path) -> Path:
 
 
 def install_and_hand_off(tmp: Path, dist: Path, *pip_args: str) -> dict:
-    import json
     empty = tmp / "empty"
     empty.mkdir()
     shutil.copy(dist, empty)

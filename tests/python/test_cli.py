@@ -74,6 +74,8 @@ def test_usage_errors_and_the_daemon_command(daemon: Daemon) -> None:
     r = subprocess.run([sys.executable, "-m", "tensorshm", "daemon", "--help"], capture_output=True, text=True,
                        timeout=60, env=env)
     assert r.returncode == 0 and "--pool-size" in r.stdout
+    bad = cli("stat", "--json", "no spaces allowed", ok=False)
+    assert bad.returncode == 1 and json.loads(bad.stdout)["error"] == "invalid_name"
     unreachable = subprocess.run([sys.executable, "-m", "tensorshm", "ping", "--socket", "/nonexistent/x.sock"],
                                  capture_output=True, text=True, timeout=60)
     assert unreachable.returncode == 1 and "/nonexistent/x.sock" in unreachable.stderr
