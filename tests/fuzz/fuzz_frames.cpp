@@ -168,7 +168,12 @@ void serve(World& w, Registry& reg, Peer& p, proto::Message& msg) {
     case wire::Body::Seal: {
       const auto id = b.AsSeal()->object_id;
       auto r = reg.seal(c, id);
-      if (!r) break;
+      if (!r) {
+        // A seal refused because another uid took the name discards the
+        // create; the session then forgets it (Session::on_seal).
+        if (p.open.count(id) != 0 && reg.get(id) == nullptr) p.open.erase(id);
+        break;
+      }
       FUZZ_CHECK(p.open.erase(id) == 1, "sealed an object this connection had not opened");
       FUZZ_CHECK((*r)->sealed && (*r)->latest && (*r)->version > 0, "a sealed object is not the latest");
       break;
